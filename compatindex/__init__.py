@@ -1,0 +1,34 @@
+"""compatindex: an embedded, on-disk, multi-version vector index with backward-compatible upgrades.
+
+>>> import numpy as np, compatindex
+>>> ix = compatindex.open(":memory:")
+>>> ix.create_version("v1", dim=3).dim
+3
+>>> ix.close()
+"""
+
+from importlib.metadata import PackageNotFoundError as _PNF
+from importlib.metadata import version as _version
+
+from . import errors as errors
+from ._faiss import faiss as _faiss_module  # noqa: F401  (import-time packaging checks)
+from .errors import CompatIndexError as CompatIndexError
+from .index import Index as Index
+from .index import open as open
+from .metrics import Metric as Metric
+from .shards import ShardSpec as ShardSpec
+from .types import AddResult as AddResult
+from .types import Hit as Hit
+from .types import ItemBatch as ItemBatch
+from .types import SearchResult as SearchResult
+from .types import Version as Version
+
+try:
+    __version__ = _version("compatindex")
+except _PNF:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+src"
+
+__all__ = [
+    "open", "Index", "Version", "SearchResult", "AddResult", "ItemBatch", "Hit", "Metric",
+    "ShardSpec", "CompatIndexError", "errors", "__version__",
+]

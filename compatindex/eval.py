@@ -1,0 +1,276 @@
+"""Retrieval and compatibility metrics (methods.md §1.4 and §2).
+
+Vectors of two versions are compared inside the shared prefix: both sides are cut to the
+smaller dim (``q[:d_u]`` against ``g``, design.md §2). ``score="renorm"`` (default) is cosine
+inside the prefix; ``"pad"`` is the raw inner product of the cut vectors. Stored vectors are
+unit-norm under the cosine metric, so the two rank an all-old gallery identically.
+
+All functions take ``(n, d)`` float arrays and return plain Python floats / numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "similarity",
+    "retrieval_metrics",
+    "cmc_map",
+    "recall_at_k",
+    "mrr",
+    "pair_alignment",
+    "negative_flip_rate",
+    "compatibility_matrix",
+    "average_compatibility",
+    "average_accuracy",
+    "empirical_compatibility",
+]
+
+_CHUNK = 1024
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def similarity(queries: np.ndarray, gallery: np.ndarray, *, score: str = "renorm") -> np.ndarray:
+    """``(nq, ng)`` similarities inside the shared prefix.
+
+    Examples
+    --------
+    >>> q = np.array([[1.0, 0.0, 5.0]]); g = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> similarity(q, g).round(3).tolist()
+    [[1.0, 0.0]]
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    g = np.asarray(gallery, dtype=np.float32)
+    d = min(q.shape[1], g.shape[1])
+    q, g = q[:, :d], g[:, :d]
+    if score == "renorm":
+        q, g = _unit(q), _unit(g)
+    elif score != "pad":
+        raise ValueError(f"`score` must be 'renorm' or 'pad'; got {score!r}")
+    return q @ g.T
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for s in range(0, n, _CHUNK):
+        yield slice(s, min(n, s + _CHUNK))
+
+
+def cmc_map(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any], g_labels: Sequence[Any],
+            *, topk: Sequence[int] = (1, 5), leave_one_out: bool = False, score: str = "renorm"
+            ) -> dict[str, float]:
+    """CMC top-k and mAP of label retrieval (OCA / openBCT protocol).
+
+    ``leave_one_out=True`` needs query i and gallery i to be the same item (query set = gallery
+    set, possibly embedded by two models) and removes item i from query i's gallery.
+    top-k is the fraction of queries whose first same-label hit is at rank <= k; AP is computed
+    over the full ranking; queries without any relevant gallery item are skipped.
+
+    Returns
+    -------
+    dict
+        ``{"top1": ..., "top5": ..., "mAP": ..., "n_queries": ...}``
+
+    Examples
+    --------
+    >>> x = np.eye(3)[[0, 0, 1, 1]] + 0.01 * np.arange(4)[:, None]
+    >>> cmc_map(x, x, [0, 0, 1, 1], [0, 0, 1, 1], leave_one_out=True)["top1"]
+    1.0
+    """
+    ql = np.asarray(q_labels)
+    gl = np.asarray(g_labels)
+    ks = sorted(set(int(k) for k in topk))
+    hits = {k: 0 for k in ks}
+    ap_sum, n_valid = 0.0, 0
+    for sl in _chunks(len(ql)):
+        S = similarity(queries[sl], gallery, score=score)
+        rel = ql[sl, None] == gl[None, :]
+        if leave_one_out:
+            rows = np.arange(sl.start, sl.stop)
+            S[rows - sl.start, rows] = -np.inf
+            rel[rows - sl.start, rows] = False
+        order = np.argsort(-S, axis=1, kind="stable")
+        R = np.take_along_axis(rel, order, axis=1)
+        if leave_one_out:  # the removed self sits last (-inf); drop that column
+            R = R[:, :-1]
+        npos = R.sum(1)
+        valid = npos > 0
+        first = np.where(valid, R.argmax(1), R.shape[1])
+        for k in ks:
+            hits[k] += int(np.sum(valid & (first < k)))
+        cum = np.cumsum(R, axis=1)
+        prec = cum / np.arange(1, R.shape[1] + 1)
+        ap = (prec * R).sum(1)[valid] / npos[valid]
+        ap_sum += float(ap.sum())
+        n_valid += int(valid.sum())
+    out = {f"top{k}": hits[k] / max(n_valid, 1) for k in ks}
+    out["mAP"] = ap_sum / max(n_valid, 1)
+    out["n_queries"] = n_valid
+    return out
+
+
+def retrieval_metrics(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any],
+                      g_labels: Sequence[Any], **kw: Any) -> dict[str, float]:
+    """Alias of :func:`cmc_map` (top-1, top-5, mAP)."""
+    return cmc_map(queries, gallery, q_labels, g_labels, **kw)
+
+
+def _relevant_sets(relevant: Any) -> list[set]:
+    return [set(r) if isinstance(r, (set, list, tuple, np.ndarray)) else {r} for r in relevant]
+
+
+def recall_at_k(retrieved: Any, relevant: Any, k: int) -> float:
+    """Mean over queries of |relevant ∩ top-k| / min(|relevant|, k).
+
+    ``retrieved``: ``(nq, >=k)`` ids; ``relevant``: one id or a collection of ids per query.
+
+    Examples
+    --------
+    >>> recall_at_k([[1, 2], [3, 4]], [2, 9], k=2)
+    0.5
+    """
+    rel = _relevant_sets(relevant)
+    tot = 0.0
+    for row, r in zip(retrieved, rel):
+        if not r:
+            continue
+        top = list(row)[:k]
+        tot += len(r.intersection(top)) / min(len(r), k)
+    return tot / max(len(rel), 1)
+
+
+def mrr(retrieved: Any, relevant: Any) -> float:
+    """Mean reciprocal rank of the first relevant id (0 when absent from the list).
+
+    Examples
+    --------
+    >>> mrr([[1, 2], [3, 4]], [2, 3])
+    0.75
+    """
+    rel = _relevant_sets(relevant)
+    tot = 0.0
+    for row, r in zip(retrieved, rel):
+        for i, x in enumerate(list(row)):
+            if x in r:
+                tot += 1.0 / (i + 1)
+                break
+    return tot / max(len(rel), 1)
+
+
+def pair_alignment(queries: np.ndarray, gallery: np.ndarray, targets: Sequence[int] | None = None,
+                   *, ks: Sequence[int] = (1, 10), score: str = "renorm") -> dict[str, float]:
+    """How well each query finds its own item in a gallery (identity retrieval).
+
+    Parameters
+    ----------
+    queries:
+        ``(n, d_q)`` transformed new vectors.
+    gallery:
+        ``(m, d_g)`` stored parent vectors.
+    targets:
+        ``(n,)`` row of each query's own item in ``gallery`` (default: ``arange(n)``).
+
+    Returns
+    -------
+    dict
+        ``recall@k`` for each k, ``mrr``, ``median_rank`` (1 = first), ``mean_cos`` (cosine
+        with the own vector inside the prefix).
+
+    Examples
+    --------
+    >>> g = np.eye(4); pair_alignment(g, g)["recall@1"]
+    1.0
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    n = q.shape[0]
+    t = np.arange(n) if targets is None else np.asarray(targets, dtype=np.int64)
+    ranks = np.empty(n, dtype=np.int64)
+    cos = np.empty(n, dtype=np.float64)
+    for sl in _chunks(n):
+        S = similarity(q[sl], gallery, score=score)
+        own = S[np.arange(S.shape[0]), t[sl]]
+        ranks[sl] = 1 + (S > own[:, None]).sum(1)
+        cos[sl] = similarity(q[sl], np.asarray(gallery)[t[sl]], score="renorm").diagonal() \
+            if S.shape[0] <= 4096 else own
+    out = {f"recall@{k}": float(np.mean(ranks <= k)) for k in ks}
+    out["mrr"] = float(np.mean(1.0 / ranks))
+    out["median_rank"] = float(np.median(ranks))
+    out["mean_cos"] = float(cos.mean())
+    out["n"] = int(n)
+    return out
+
+
+def negative_flip_rate(old_correct: Sequence[bool], new_correct: Sequence[bool]) -> float:
+    """Fraction of queries the old system got right and the new one gets wrong.
+
+    Examples
+    --------
+    >>> negative_flip_rate([True, True, False, False], [True, False, True, False])
+    0.25
+    """
+    o = np.asarray(old_correct, dtype=bool)
+    n = np.asarray(new_correct, dtype=bool)
+    return float(np.mean(o & ~n)) if o.size else 0.0
+
+
+def top1_correct(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any],
+                 g_labels: Sequence[Any], *, leave_one_out: bool = False, score: str = "renorm"
+                 ) -> np.ndarray:
+    """``(nq,) bool``: is the top hit of each query of the query's label (input for the NFR)."""
+    ql, gl = np.asarray(q_labels), np.asarray(g_labels)
+    out = np.empty(len(ql), dtype=bool)
+    for sl in _chunks(len(ql)):
+        S = similarity(queries[sl], gallery, score=score)
+        if leave_one_out:
+            rows = np.arange(sl.start, sl.stop)
+            S[rows - sl.start, rows] = -np.inf
+        out[sl] = gl[S.argmax(1)] == ql[sl]
+    return out
+
+
+def compatibility_matrix(features: Sequence[np.ndarray], labels: Sequence[Any], *,
+                         metric: str = "top1", leave_one_out: bool = True, score: str = "renorm"
+                         ) -> np.ndarray:
+    """``M[i][j]`` = retrieval with model i's queries against model j's gallery, ``j <= i``.
+
+    ``features[t]`` holds the same items embedded by version t (prefix-compatible lineage);
+    the upper triangle is NaN (iamcl2r convention).
+    """
+    T = len(features)
+    M = np.full((T, T), np.nan)
+    for i in range(T):
+        for j in range(i + 1):
+            M[i, j] = cmc_map(features[i], features[j], labels, labels,
+                              leave_one_out=leave_one_out, score=score)[metric]
+    return M
+
+
+def average_compatibility(M: np.ndarray) -> float:
+    """AC = fraction of pairs i > j with ``M[i][j] > M[j][j]`` (1 when T = 1).
+
+    Examples
+    --------
+    >>> average_compatibility(np.array([[0.5, np.nan], [0.6, 0.9]]))
+    1.0
+    """
+    T = M.shape[0]
+    if T < 2:
+        return 1.0
+    ok = sum(int(M[i, j] > M[j, j]) for i in range(T) for j in range(i))
+    return ok / (T * (T - 1) / 2)
+
+
+def average_accuracy(M: np.ndarray) -> float:
+    """AM = mean of the lower triangle of ``M``, diagonal included."""
+    T = M.shape[0]
+    return float(np.mean([M[i, j] for i in range(T) for j in range(i + 1)]))
+
+
+def empirical_compatibility(new_old: float, old_old: float) -> bool:
+    """BCT's empirical criterion M(new, old) > M(old, old)."""
+    return bool(new_old > old_old)

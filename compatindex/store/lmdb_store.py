@@ -1,0 +1,529 @@
+"""LMDB store: one environment, named sub-databases, every write in one transaction.
+
+Sub-databases (keys are big-endian so that byte order is numeric order):
+
+========  ==============================  ============================================
+name      key                             value
+========  ==============================  ============================================
+meta      ascii name                      msgpack (format_version, seq, counters, ...)
+versions  version name (utf-8)            msgpack version record
+ids       external id key                 internal id (int64, 8 bytes)
+rev       internal id (8)                 external id key
+loc       vcode (2) + internal id (8)     chunk id (8) + row (4)
+chunks    vcode (2) + chunk id (8)        msgpack {"n", "ids": int64 bytes, "dead": bitmap | None}
+vecs      vcode (2) + chunk id (8)        float32 bytes, n x dim (many vectors per value)
+labels    internal id (8)                 msgpack label
+attrs     internal id (8)                 msgpack metadata dict
+oplog     seq (8)                         msgpack {"a": [[vcode, chunk]], "r": [[vcode, ids]], "v": name}
+========  ==============================  ============================================
+
+External id keys: ``0x01`` + (id + 2**63) as 8 big-endian bytes for ints, ``0x02`` + utf-8 for str.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import lmdb
+import msgpack
+import numpy as np
+
+from ..errors import CorruptIndexError, FormatVersionError, StoreFullError
+
+T = TypeVar("T")
+
+FORMAT_VERSION = 1
+CHUNK_ROWS = 1024  # vectors per LMDB value: large values avoid the 15-34% overflow-page waste of one-per-value
+INITIAL_MAP_SIZE = 1 << 30
+_DBS = ("meta", "versions", "ids", "rev", "loc", "chunks", "vecs", "labels", "attrs", "oplog")
+_LOC = struct.Struct(">qI")
+
+# Environments open in this process, by real path: [readonly, env, dbs, refcount].
+_OPEN_ENVS: dict[str, list[Any]] = {}
+
+# Migrations from format N to N+1, run in one write transaction on open. Idempotent by contract.
+MIGRATIONS: dict[int, Callable[[Any, dict[str, Any]], None]] = {}
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview, *, what: str = "record") -> Any:
+    try:
+        # msgpack bounds each container by the input size, and ext types are refused by default.
+        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise CorruptIndexError(f"damaged {what} in the store: {exc}") from None
+
+
+def u64(i: int) -> bytes:
+    return int(i).to_bytes(8, "big", signed=True)
+
+
+def vkey(vcode: int, i: int) -> bytes:
+    return int(vcode).to_bytes(2, "big") + u64(i)
+
+
+def ext_key(value: Any) -> bytes:
+    if isinstance(value, str):
+        return b"\x02" + value.encode("utf-8")
+    return b"\x01" + (int(value) + (1 << 63)).to_bytes(8, "big")
+
+
+def ext_value(key: bytes) -> Any:
+    if key[:1] == b"\x02":
+        return bytes(key[1:]).decode("utf-8")
+    return int.from_bytes(key[1:9], "big") - (1 << 63)
+
+
+def iid_keys(iids: np.ndarray) -> list[bytes]:
+    raw = np.asarray(iids, dtype=">i8").tobytes()
+    return [raw[i : i + 8] for i in range(0, len(raw), 8)]
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG) or (
+        "no space left" in text or "file too large" in text or "enospc" in text
+    )
+
+
+class Reader:
+    """Reads inside one snapshot (one LMDB read transaction)."""
+
+    def __init__(self, store: "LmdbStore", txn: lmdb.Transaction) -> None:
+        self.s = store
+        self.txn = txn
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        raw = self.txn.get(key.encode(), db=self.s.db["meta"])
+        return default if raw is None else unpack(raw, what=f"meta record {key!r}")
+
+    def seq(self) -> int:
+        return int(self.meta("seq", 0))
+
+    def versions(self) -> list[dict[str, Any]]:
+        out = []
+        with self.txn.cursor(db=self.s.db["versions"]) as cur:
+            for k, v in cur:
+                out.append(unpack(v, what=f"version record {bytes(k)!r}"))
+        return sorted(out, key=lambda r: r["code"])
+
+    def lookup(self, ext_ids: Sequence[Any]) -> np.ndarray:
+        """``(n,)`` int64 internal ids, -1 where the external id is unknown."""
+        out = np.full(len(ext_ids), -1, dtype=np.int64)
+        db = self.s.db["ids"]
+        get = self.txn.get
+        for i, e in enumerate(ext_ids):
+            raw = get(ext_key(e), db=db)
+            if raw is not None:
+                out[i] = int.from_bytes(raw, "big", signed=True)
+        return out
+
+    def external(self, iids: Sequence[int]) -> list[Any]:
+        db = self.s.db["rev"]
+        out = []
+        for i in iids:
+            raw = self.txn.get(u64(int(i)), db=db)
+            if raw is None:
+                raise CorruptIndexError(f"internal id {int(i)} has no external id in the store")
+            out.append(ext_value(bytes(raw)))
+        return out
+
+    def locate(self, vcode: int, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk ids and rows of the version-``vcode`` vectors of ``iids`` (-1 where absent)."""
+        chunks = np.full(len(iids), -1, dtype=np.int64)
+        rows = np.full(len(iids), -1, dtype=np.int64)
+        db = self.s.db["loc"]
+        for i, iid in enumerate(iids):
+            raw = self.txn.get(vkey(vcode, int(iid)), db=db)
+            if raw is not None:
+                chunks[i], rows[i] = _LOC.unpack(raw)
+        return chunks, rows
+
+    def chunk_meta(self, vcode: int, chunk: int) -> dict[str, Any]:
+        raw = self.txn.get(vkey(vcode, chunk), db=self.s.db["chunks"])
+        if raw is None:
+            raise CorruptIndexError(f"chunk {chunk} of version code {vcode} is missing from the store")
+        return unpack(raw, what=f"chunk {chunk} record")
+
+    def chunk_vectors(self, vcode: int, chunk: int, n: int, dim: int) -> np.ndarray:
+        raw = self.txn.get(vkey(vcode, chunk), db=self.s.db["vecs"])
+        if raw is None or len(raw) != n * dim * 4:
+            got = None if raw is None else len(raw)
+            raise CorruptIndexError(
+                f"vector chunk {chunk} of version code {vcode} is damaged: expected {n * dim * 4} bytes, got {got}"
+            )
+        return np.frombuffer(raw, dtype="<f4").reshape(n, dim).copy()
+
+    def vectors(self, vcode: int, dim: int, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, dim)`` stored vectors and an ``(n,)`` bool mask of the ones that exist."""
+        chunks, rows = self.locate(vcode, iids)
+        out = np.zeros((len(iids), dim), dtype=np.float32)
+        cache: dict[int, np.ndarray] = {}
+        for i, (c, r) in enumerate(zip(chunks.tolist(), rows.tolist())):
+            if c < 0:
+                continue
+            if c not in cache:
+                meta = self.chunk_meta(vcode, c)
+                cache[c] = self.chunk_vectors(vcode, c, int(meta["n"]), dim)
+            out[i] = cache[c][r]
+        return out, chunks >= 0
+
+    def labels(self, iids: Sequence[int]) -> list[Any]:
+        db = self.s.db["labels"]
+        out = []
+        for i in iids:
+            raw = self.txn.get(u64(int(i)), db=db)
+            out.append(None if raw is None else unpack(raw, what="label"))
+        return out
+
+    def attrs(self, iids: Sequence[int]) -> list[Any]:
+        db = self.s.db["attrs"]
+        out = []
+        for i in iids:
+            raw = self.txn.get(u64(int(i)), db=db)
+            out.append(None if raw is None else unpack(raw, what="metadata"))
+        return out
+
+    def chunk_list(self, vcode: int) -> list[tuple[int, dict[str, Any]]]:
+        prefix = int(vcode).to_bytes(2, "big")
+        out = []
+        with self.txn.cursor(db=self.s.db["chunks"]) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    out.append((int.from_bytes(k[2:], "big", signed=True), unpack(v, what="chunk record")))
+        return out
+
+    def live_rows(self, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids of a chunk and the ``(n,)`` bool mask of its rows still alive."""
+        ids = np.frombuffer(meta["ids"], dtype=">i8").astype(np.int64)
+        dead = meta.get("dead")
+        alive = np.ones(len(ids), dtype=bool)
+        if dead:
+            alive &= ~np.unpackbits(np.frombuffer(dead, dtype=np.uint8), count=len(ids), bitorder="little").astype(bool)
+        return ids, alive
+
+    def iter_items(self) -> Iterator[tuple[int, Any]]:
+        with self.txn.cursor(db=self.s.db["rev"]) as cur:
+            for k, v in cur:
+                yield int.from_bytes(k, "big", signed=True), ext_value(bytes(v))
+
+    def count_entries(self, name: str) -> int:
+        return int(self.txn.stat(self.s.db[name])["entries"])
+
+
+class Writer(Reader):
+    """Writes inside one transaction; the op log entry for it is built as it goes."""
+
+    def __init__(self, store: "LmdbStore", txn: lmdb.Transaction) -> None:
+        super().__init__(store, txn)
+        self.op: dict[str, Any] = {"a": [], "r": [], "v": None}
+
+    def put_meta(self, key: str, value: Any) -> None:
+        self.txn.put(key.encode(), pack(value), db=self.s.db["meta"])
+
+    def bump(self, key: str, delta: int) -> int:
+        value = int(self.meta(key, 0)) + int(delta)
+        self.put_meta(key, value)
+        return value
+
+    def put_version(self, record: dict[str, Any]) -> None:
+        self.txn.put(record["name"].encode("utf-8"), pack(record), db=self.s.db["versions"])
+        self.op["v"] = record["name"]
+
+    def new_items(self, ext_ids: Sequence[Any], labels: Sequence[Any] | None, attrs: Sequence[Any] | None) -> np.ndarray:
+        """Assign internal ids to new external ids; returns ``(n,)`` int64."""
+        n = len(ext_ids)
+        start = int(self.meta("next_iid", 0))
+        iids = np.arange(start, start + n, dtype=np.int64)
+        keys = iid_keys(iids)
+        exts = [ext_key(e) for e in ext_ids]
+        with self.txn.cursor(db=self.s.db["ids"]) as cur:
+            _, added = cur.putmulti(list(zip(exts, keys)), overwrite=False)
+        if added != n:  # callers check first; this guards a race-free invariant, never user input
+            raise CorruptIndexError("an id that was checked as new already exists in the store")
+        with self.txn.cursor(db=self.s.db["rev"]) as cur:
+            cur.putmulti(list(zip(keys, exts)), append=True)
+        if labels is not None:
+            with self.txn.cursor(db=self.s.db["labels"]) as cur:
+                cur.putmulti([(k, pack(l)) for k, l in zip(keys, labels) if l is not None], append=True)
+        if attrs is not None:
+            with self.txn.cursor(db=self.s.db["attrs"]) as cur:
+                cur.putmulti([(k, pack(m)) for k, m in zip(keys, attrs) if m is not None], append=True)
+        self.put_meta("next_iid", start + n)
+        self.bump("n_items", n)
+        return iids
+
+    def put_vectors(self, vcode: int, iids: np.ndarray, vectors: np.ndarray) -> None:
+        """Store version-``vcode`` vectors of ``iids`` (rows of ``vectors``, ``(n, dim)`` float32).
+
+        Vectors these items already hold for the version are marked dead first (replacement).
+        """
+        self.remove_vectors(vcode, iids, missing_ok=True)
+        order = np.argsort(iids, kind="stable")
+        iids = iids[order]
+        vectors = vectors[order]
+        loc_items: list[tuple[bytes, bytes]] = []
+        next_chunk = int(self.meta("next_chunk", 0))
+        for s in range(0, len(iids), CHUNK_ROWS):
+            ids_c = iids[s : s + CHUNK_ROWS]
+            vec_c = np.ascontiguousarray(vectors[s : s + CHUNK_ROWS], dtype="<f4")
+            chunk = next_chunk
+            next_chunk += 1
+            key = vkey(vcode, chunk)
+            self.txn.put(key, vec_c.tobytes(), db=self.s.db["vecs"])
+            self.txn.put(key, pack({"n": len(ids_c), "ids": ids_c.astype(">i8").tobytes(), "dead": None}),
+                         db=self.s.db["chunks"])
+            self.op["a"].append([vcode, chunk])
+            prefix = int(vcode).to_bytes(2, "big")
+            for row, k in enumerate(iid_keys(ids_c)):
+                loc_items.append((prefix + k, _LOC.pack(chunk, row)))
+        with self.txn.cursor(db=self.s.db["loc"]) as cur:
+            cur.putmulti(loc_items)
+        self.put_meta("next_chunk", next_chunk)
+        self.bump(f"count:{vcode}", len(iids))
+
+    def remove_vectors(self, vcode: int, iids: np.ndarray, *, missing_ok: bool = False) -> int:
+        """Drop the version-``vcode`` vectors of ``iids``: rows marked dead, locators deleted."""
+        chunks, rows = self.locate(vcode, iids.tolist())
+        present = chunks >= 0
+        if not present.any():
+            return 0
+        by_chunk: dict[int, list[int]] = {}
+        for c, r in zip(chunks[present].tolist(), rows[present].tolist()):
+            by_chunk.setdefault(c, []).append(r)
+        for c, dead_rows in by_chunk.items():
+            meta = self.chunk_meta(vcode, c)
+            n = int(meta["n"])
+            dead = np.zeros(n, dtype=bool)
+            if meta.get("dead"):
+                dead |= np.unpackbits(np.frombuffer(meta["dead"], dtype=np.uint8), count=n, bitorder="little").astype(bool)
+            dead[dead_rows] = True
+            meta["dead"] = np.packbits(dead, bitorder="little").tobytes()
+            self.txn.put(vkey(vcode, c), pack(meta), db=self.s.db["chunks"])
+        for iid in iids[present].tolist():
+            self.txn.delete(vkey(vcode, iid), db=self.s.db["loc"])
+        gone = iids[present].astype(np.int64)
+        self.op["r"].append([vcode, gone.astype(">i8").tobytes()])
+        self.bump(f"count:{vcode}", -int(present.sum()))
+        return int(present.sum())
+
+    def delete_items(self, iids: np.ndarray, vcodes: Sequence[int]) -> None:
+        """Remove items entirely: every vector, the id mappings, labels and metadata."""
+        for vc in vcodes:
+            self.remove_vectors(vc, iids, missing_ok=True)
+        for iid in iids.tolist():
+            k = u64(iid)
+            ext = self.txn.get(k, db=self.s.db["rev"])
+            if ext is not None:
+                self.txn.delete(bytes(ext), db=self.s.db["ids"])
+            self.txn.delete(k, db=self.s.db["rev"])
+            self.txn.delete(k, db=self.s.db["labels"])
+            self.txn.delete(k, db=self.s.db["attrs"])
+        self.bump("n_items", -len(iids))
+
+
+class LmdbStore:
+    """The LMDB environment of one index folder (``<index>/store``).
+
+    Parameters
+    ----------
+    path:
+        The store folder.
+    readonly:
+        Open without write access (other processes may write meanwhile; each read sees the
+        latest commit).
+    create:
+        Initialize an empty store when the folder holds none.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
+                 map_size: int = INITIAL_MAP_SIZE) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        exists = (self.path / "data.mdb").exists()
+        if not exists and (readonly or not create):
+            raise CorruptIndexError(f"store file {self.path / 'data.mdb'} is missing")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._key = os.path.realpath(self.path)
+        shared = _OPEN_ENVS.get(self._key)
+        if shared is not None:
+            # py-lmdb refuses to open one environment twice in a process: share the open one.
+            if shared[0] and not readonly:
+                raise CorruptIndexError(
+                    f"store {self.path} is open read-only elsewhere in this process; close that handle first"
+                )
+            self.env, self.db = shared[1], shared[2]
+            shared[3] += 1
+        else:
+            self.env, self.db = self._open_env(map_size)
+            _OPEN_ENVS[self._key] = [readonly, self.env, self.db, 1]
+        self._check_format()
+
+    def _open_env(self, map_size: int) -> tuple[lmdb.Environment, dict[str, Any]]:
+        readonly = self.readonly
+        try:
+            env = lmdb.open(
+                str(self.path), map_size=map_size, max_dbs=len(_DBS) + 2, readonly=readonly,
+                lock=True, subdir=True, max_readers=256, meminit=False,
+            )
+        except lmdb.Error as exc:
+            if _is_disk_full(exc):
+                raise StoreFullError(f"cannot open store {self.path}: {exc}") from None
+            raise CorruptIndexError(f"cannot open the LMDB store {self.path / 'data.mdb'}: {exc}") from None
+        try:
+            db: dict[str, Any] = {}
+            if readonly:
+                with env.begin() as txn:
+                    for n in _DBS:
+                        db[n] = env.open_db(n.encode(), txn=txn, create=False)
+            else:
+                env.reader_check()  # clear reader slots left by crashed processes
+                for n in _DBS:
+                    db[n] = env.open_db(n.encode(), create=True)
+        except lmdb.Error as exc:
+            env.close()
+            raise CorruptIndexError(f"the LMDB store {self.path / 'data.mdb'} is damaged or incomplete: {exc}") from None
+        return env, db
+
+    # -- format ------------------------------------------------------------------------------
+    def _check_format(self) -> None:
+        with self.read() as r:
+            fmt = r.meta("format_version")
+        if fmt is None:
+            if self.readonly:
+                raise CorruptIndexError(f"store {self.path} has no format record")
+            self.write(lambda w: (w.put_meta("format_version", FORMAT_VERSION), w.put_meta("seq", 0),
+                                  w.put_meta("created_at", time.time())), log=False)
+            return
+        if not isinstance(fmt, int):
+            raise CorruptIndexError(f"store {self.path} has a damaged format record: {fmt!r}")
+        if fmt > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"index store {self.path} has format version {fmt}; this compatindex reads up to {FORMAT_VERSION}"
+            )
+        if fmt < FORMAT_VERSION:
+            if self.readonly:
+                raise FormatVersionError(f"index store {self.path} has the older format {fmt}",
+                                         hint="open it once without readonly=True to migrate it")
+            for v in range(fmt, FORMAT_VERSION):
+                step = MIGRATIONS[v]
+                self.write(lambda w, step=step, v=v: (step(w, {}), w.put_meta("format_version", v + 1)), log=False)
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Reader]:
+        for attempt in range(3):
+            try:
+                txn = self.env.begin(buffers=False)
+                break
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size and retry.
+                self.env.set_mapsize(0)
+        else:  # pragma: no cover
+            raise CorruptIndexError("could not start a read transaction after the map was resized")
+        try:
+            yield Reader(self, txn)
+        finally:
+            txn.abort()
+
+    def seq(self) -> int:
+        with self.read() as r:
+            return r.seq()
+
+    def write(self, fn: Callable[[Writer], T], *, log: bool = True) -> tuple[T, int]:
+        """Run ``fn`` in one write transaction; retries with a larger map when the map is full.
+
+        Returns ``(fn's result, new sequence number)``. Any exception aborts the transaction,
+        leaving the store exactly as it was.
+        """
+        while True:
+            try:
+                txn = self.env.begin(write=True)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+                continue
+            try:
+                w = Writer(self, txn)
+                result = fn(w)
+                seq = w.seq() + 1
+                w.put_meta("seq", seq)
+                if log:
+                    txn.put(u64(seq), pack(w.op), db=self.db["oplog"], append=True)
+                txn.commit()
+                return result, seq
+            except lmdb.MapFullError:
+                txn.abort()
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:
+                txn.abort()
+                self.env.set_mapsize(0)
+            except lmdb.Error as exc:
+                txn.abort()
+                if _is_disk_full(exc):
+                    raise StoreFullError(f"the disk holding {self.path} is full: {exc}") from None
+                raise CorruptIndexError(f"LMDB error in {self.path / 'data.mdb'}: {exc}") from None
+            except OSError as exc:
+                txn.abort()
+                if _is_disk_full(exc):
+                    raise StoreFullError(f"the disk holding {self.path} is full: {exc}") from None
+                raise
+            except BaseException:
+                txn.abort()
+                raise
+
+    # -- bulk reads for shards ---------------------------------------------------------------
+    def iter_live(self, vcode: int, dim: int, *, batch: int = 65536,
+                  reader: Reader | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(iids (n,), vectors (n, dim))`` batches of every live vector of one version,
+        all from one snapshot (``reader``'s when given)."""
+        with contextlib.ExitStack() as stack:
+            r = reader if reader is not None else stack.enter_context(self.read())
+            ids_acc: list[np.ndarray] = []
+            vec_acc: list[np.ndarray] = []
+            n_acc = 0
+            for chunk, meta in r.chunk_list(vcode):
+                ids, alive = r.live_rows(meta)
+                if not alive.any():
+                    continue
+                vecs = r.chunk_vectors(vcode, chunk, int(meta["n"]), dim)
+                ids_acc.append(ids[alive])
+                vec_acc.append(vecs[alive])
+                n_acc += int(alive.sum())
+                if n_acc >= batch:
+                    yield np.concatenate(ids_acc), np.concatenate(vec_acc)
+                    ids_acc, vec_acc, n_acc = [], [], 0
+            if ids_acc:
+                yield np.concatenate(ids_acc), np.concatenate(vec_acc)
+
+    def oplog_since(self, seq: int, *, reader: Reader | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Yield ``(seq, op)`` for every write committed after ``seq`` (in ``reader``'s snapshot)."""
+        with contextlib.ExitStack() as stack:
+            r = reader if reader is not None else stack.enter_context(self.read())
+            with r.txn.cursor(db=self.db["oplog"]) as cur:
+                if cur.set_range(u64(seq + 1)):
+                    for k, v in cur:
+                        yield int.from_bytes(k, "big", signed=True), unpack(v, what="op log record")
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    def close(self) -> None:
+        shared = _OPEN_ENVS.get(self._key)
+        if shared is None or shared[1] is not self.env:
+            return
+        shared[3] -= 1
+        if shared[3] <= 0:
+            del _OPEN_ENVS[self._key]
+            self.env.close()

@@ -1,0 +1,1 @@
+"""Bundled trainer (placeholder during development)."""

@@ -1,0 +1,235 @@
+"""Torch heads trained on frozen new-encoder outputs, and their export to stored head specs.
+
+- :class:`OrthogonalLayer` is OCA's ``T⊥`` (``torch.nn.utils.parametrizations.orthogonal`` on a
+  square ``Linear`` with bias), used only in front of the training classifier.
+- Heads map a raw (normalized) new vector ``h`` ``(B, d_h)`` to a v-space vector ``z``
+  ``(B, d_v)`` whose first ``d_p`` dims live in the parent space:
+  ``isometry`` (a semi-orthogonal ``Linear``, so ``<z1, z2> = <h1, h2>`` exactly; exported as
+  the version's ``Q``), ``linear`` and ``mlp`` (a linear skip plus a residual MLP; exported as
+  head specs followed by ``normalize``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import orthogonal
+
+from .closed_form import complete_orthogonal
+from .config import TrainConfig, resolve_device
+from .losses import OCALoss, PairAlignLoss
+from .progress import Progress
+
+
+class OrthogonalLayer(nn.Module):
+    """OCA's ``T⊥``: ``x -> W x + b`` with ``W`` in O(d) (bias not orthogonal, as in OCA)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lin = orthogonal(nn.Linear(d, d, bias=True))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, d) -> (B, d)
+        return self.lin(x)
+
+
+class IsometryHead(nn.Module):
+    """``h -> M h`` with ``M`` ``(d_v, d_h)``, ``M^T M = I`` kept by the parametrization."""
+
+    def __init__(self, d_h: int, d_v: int, init: np.ndarray | None = None) -> None:
+        super().__init__()
+        if d_v < d_h:
+            raise ValueError(f"an isometry needs d_v >= d_h; got d_v={d_v}, d_h={d_h}")
+        self.lin = orthogonal(nn.Linear(d_h, d_v, bias=False))
+        if init is not None:
+            with torch.no_grad():
+                self.lin.weight = torch.as_tensor(np.asarray(init), dtype=torch.float32)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.lin(h)
+
+    def matrix(self) -> np.ndarray:
+        return self.lin.weight.detach().cpu().double().numpy()
+
+
+class LinearHead(nn.Module):
+    """``h -> W h + b``, initialized at ``init`` (``(W, b)`` or ``W``)."""
+
+    def __init__(self, d_h: int, d_v: int, init: Any = None) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d_h, d_v)
+        _init_linear(self.lin, init)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.lin(h)
+
+
+class MLPHead(nn.Module):
+    """``h -> W h + b + MLP(h)``: a linear skip (initialized at ``init``) plus a residual MLP whose
+    last layer starts at zero, so training starts from the closed form (Drift-Adapter style)."""
+
+    def __init__(self, d_h: int, d_v: int, hidden: int, init: Any = None) -> None:
+        super().__init__()
+        self.skip = nn.Linear(d_h, d_v)
+        _init_linear(self.skip, init)
+        self.fc1 = nn.Linear(d_h, hidden)
+        self.fc2 = nn.Linear(hidden, d_v)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.skip(h) + self.fc2(F.relu(self.fc1(h)))
+
+
+def _init_linear(lin: nn.Linear, init: Any) -> None:
+    if init is None:
+        return
+    W, b = init if isinstance(init, tuple) else (init, None)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(np.asarray(W), dtype=torch.float32))
+        lin.bias.copy_(torch.zeros(lin.out_features) if b is None
+                       else torch.as_tensor(np.asarray(b), dtype=torch.float32))
+
+
+class HeadModel(nn.Module):
+    """A head plus (when labels are given) OCA's training-time ``T⊥`` and classifier."""
+
+    def __init__(self, kind: str, d_h: int, d_v: int, *, n_classes: int = 0, hidden: int = 0,
+                 init: Any = None) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "isometry":
+            self.head: nn.Module = IsometryHead(d_h, d_v, None if init is None else
+                                                (init[0] if isinstance(init, tuple) else init))
+        elif kind == "linear":
+            self.head = LinearHead(d_h, d_v, init)
+        elif kind == "mlp":
+            self.head = MLPHead(d_h, d_v, hidden or 2 * max(d_h, d_v), init)
+        else:
+            raise ValueError(f"head kind must be isometry, linear or mlp; got {kind!r}")
+        self.orth = OrthogonalLayer(d_v) if n_classes else None
+        self.fc = nn.Linear(d_v, n_classes, bias=False) if n_classes else None
+
+    def embed(self, h: Tensor) -> Tensor:  # (B, d_h) -> (B, d_v)
+        z = self.head(h)
+        return z if self.kind == "isometry" else F.normalize(z, dim=1)
+
+    def forward(self, h: Tensor) -> tuple[Tensor | None, Tensor]:
+        z = self.embed(h)
+        logits = self.fc(self.orth(z)) if self.fc is not None and self.orth is not None else None
+        return logits, z
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def export_head(model: HeadModel, *, normalize_input: bool = True) -> dict[str, Any]:
+    """Turn a trained head into what :meth:`Index.register_version` stores.
+
+    Returns
+    -------
+    dict
+        ``{"extension": Q or None, "head": spec or None, "dim": d_v, "raw_dim": d_h}``.
+    """
+    pre = [{"kind": "normalize"}] if normalize_input else []
+    h = model.head
+    if isinstance(h, IsometryHead):
+        M = h.matrix()
+        d_v, d_h = M.shape
+        Q = complete_orthogonal(M).astype(np.float32)
+        return {"extension": Q, "head": pre[0] if pre else None, "dim": int(d_v), "raw_dim": int(d_h)}
+    if isinstance(h, LinearHead):
+        lin = {"kind": "linear", "in_dim": h.lin.in_features, "out_dim": h.lin.out_features,
+               "W": _np(h.lin.weight), "b": _np(h.lin.bias)}
+        body: dict[str, Any] = lin
+        d_h, d_v = h.lin.in_features, h.lin.out_features
+    elif isinstance(h, MLPHead):
+        d_h, d_v = h.skip.in_features, h.skip.out_features
+        body = {"kind": "sum", "branches": [
+            {"kind": "linear", "in_dim": d_h, "out_dim": d_v, "W": _np(h.skip.weight), "b": _np(h.skip.bias)},
+            {"kind": "mlp", "in_dim": d_h, "out_dim": d_v, "activation": "relu", "residual": False,
+             "layers": [{"W": _np(h.fc1.weight), "b": _np(h.fc1.bias)},
+                        {"W": _np(h.fc2.weight), "b": _np(h.fc2.bias)}]},
+        ]}
+    else:  # pragma: no cover
+        raise TypeError(type(h))
+    spec = {"kind": "chain", "steps": [*pre, body, {"kind": "normalize"}]}
+    return {"extension": None, "head": spec, "dim": int(d_v), "raw_dim": int(d_h)}
+
+
+def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
+             labels: np.ndarray | None = None, prototypes: np.ndarray | None = None,
+             init: Any = None, desc: str = "head") -> tuple[HeadModel, dict[str, Any]]:
+    """Train a head on pairs (and labels when given) with the OCA recipe plus pair alignment.
+
+    Parameters
+    ----------
+    H, G:
+        ``(n, d_h)`` raw new vectors (already normalized when ``cfg.normalize_input``) and
+        ``(n, d_p)`` stored parent vectors of the same items.
+    labels:
+        ``(n,)`` int class indices, ``-1`` where unknown; with ``prototypes`` ``(C, d_p)`` (NaN
+        rows for classes without one) this adds the OCA terms.
+    init:
+        Closed-form start (``M`` for isometry, ``(W, b)`` for linear/mlp).
+
+    Returns
+    -------
+    (model, history):
+        The trained :class:`HeadModel` (on CPU, eval mode) and the last loss terms.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    d_h, d_p = H.shape[1], G.shape[1]
+    use_labels = labels is not None and prototypes is not None and bool(np.any(labels >= 0))
+    n_classes = int(prototypes.shape[0]) if use_labels else 0  # type: ignore[union-attr]
+    model = HeadModel(kind, d_h, d_v, n_classes=n_classes, hidden=cfg.hidden, init=init).to(device)
+    pair_loss = PairAlignLoss(d_p, w_cos=cfg.w_pair, w_nce=cfg.w_nce, tau=cfg.temperature).to(device)
+    oca_loss = None
+    if use_labels:
+        P = np.nan_to_num(np.asarray(prototypes, dtype=np.float32))
+        has = torch.as_tensor(~np.isnan(np.asarray(prototypes)).any(1))
+        oca_loss = OCALoss(torch.as_tensor(P), has, w_ce=cfg.w_ce, w_bct=cfg.w_bct, w_cos=cfg.w_cos,
+                           label_smoothing=cfg.label_smoothing).to(device)
+    Ht = torch.as_tensor(np.asarray(H, dtype=np.float32), device=device)
+    Gt = torch.as_tensor(np.asarray(G, dtype=np.float32), device=device)
+    Yt = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device) if use_labels else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = Ht.shape[0]
+    bs = min(cfg.batch_size, n)
+    parts: dict[str, float] = {}
+    model.train()
+    with Progress(cfg.steps, desc=desc, quiet=cfg.quiet) as bar:
+        for step in range(cfg.steps):
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(cfg.steps, 1)))
+            for gr in opt.param_groups:
+                gr["lr"] = lr
+            idx = torch.randperm(n, generator=gen)[:bs].to(device)
+            logits, z = model(Ht[idx])
+            loss, parts = pair_loss(z, Gt[idx])
+            if oca_loss is not None and logits is not None and Yt is not None:
+                y = Yt[idx]
+                m = y >= 0
+                if bool(m.any()):
+                    l2, p2 = oca_loss(logits[m], z[m], y[m])
+                    loss = loss + l2
+                    parts = {**parts, **p2}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            parts["loss"] = float(loss)
+            bar.update(1, loss=parts["loss"])
+    model.eval()
+    return model.cpu(), {k: round(v, 6) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def embed_numpy(model: HeadModel, H: np.ndarray) -> np.ndarray:
+    """``(n, d_h)`` -> ``(n, d_v)`` float32 through a trained head (CPU)."""
+    return _np(model.embed(torch.as_tensor(np.asarray(H, dtype=np.float32))))

@@ -1,0 +1,151 @@
+"""Training configuration as dataclasses (style.md §14: no ``exec`` configurator).
+
+Every field is a plain Python value, so ``asdict(config)`` is msgpack-able and stored with the
+version it produced: a version can be rebuilt from the index alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import InvalidInputError
+
+METHODS = ("auto", "isometric", "procrustes", "oca", "affine", "mlp")
+"""Head-training methods accepted by :func:`compatindex.trainer.upgrade`."""
+
+BACKBONE_METHODS = ("oca", "bct", "independent")
+"""Whole-model recipes accepted by :func:`compatindex.trainer.train_backbone`."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InvalidInputError(msg)
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (msgpack-able) of every field."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Rebuild from :meth:`to_dict` output; unknown keys are ignored (forward compatible)."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
+
+
+@dataclass
+class TrainConfig(_DictMixin):
+    """How :func:`~compatindex.trainer.upgrade` fits a head on frozen new-encoder outputs.
+
+    Examples
+    --------
+    >>> TrainConfig(method="isometric", extra_dims=8).extra_dims
+    8
+    >>> TrainConfig.from_dict(TrainConfig(seed=3).to_dict()).seed
+    3
+    """
+
+    method: str = "auto"
+    """``auto`` fits every applicable method and keeps the best on the held-out split."""
+    extra_dims: int | None = None
+    """Budget of dims added to the parent's (``None``: ``max(8, d_parent // 8)``)."""
+    holdout: float = 0.2
+    """Fraction of the pairs held out for model selection and the gate."""
+    min_holdout: int = 20
+    seed: int = 0
+    normalize_input: bool = True
+    """L2-normalize raw new vectors first (a ``normalize`` head step): cosine geometry."""
+    # closed forms
+    ridge: float = 1e-3
+    """Ridge strength, relative to the mean eigenvalue of ``H^T H``."""
+    spectrum: str = "scale"
+    """How the fitted map becomes a contraction: ``scale`` (divide by its top singular value
+    when above 1) or ``clip`` (clip every singular value at 1)."""
+    # torch heads (oca, mlp)
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 3.0517578125e-5
+    hidden: int = 0
+    """Hidden width of the oca/mlp head; 0 means a linear oca head and ``2 * d`` for mlp."""
+    oca_head: str = "isometry"
+    """``isometry`` (semi-orthogonal map, new/new preserved exactly; stored as ``Q``),
+    ``linear`` or ``mlp`` (stored as a head followed by ``normalize``)."""
+    w_ce: float = 5.0
+    w_bct: float = 10.0
+    w_cos: float = 5.0
+    w_pair: float = 5.0
+    w_nce: float = 1.0
+    temperature: float = 0.05
+    label_smoothing: float = 0.1
+    device: str = "auto"
+    quiet: bool = True
+    # gate
+    gate_metric: str = "top1"
+    """Label gate: ``top1`` or ``mAP`` in M(new, old) > M(old, old)."""
+    gate_margin: float = 0.05
+    """Pairs gate: held-out MRR must beat the shuffled-pairs control by this much."""
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"`method` must be one of {METHODS}; got {self.method!r}")
+        _check(self.extra_dims is None or int(self.extra_dims) >= 0,
+               f"`extra_dims` must be >= 0; got {self.extra_dims!r}")
+        _check(0.0 < self.holdout < 1.0, f"`holdout` must be in (0, 1); got {self.holdout!r}")
+        _check(self.spectrum in ("scale", "clip"), f"`spectrum` must be 'scale' or 'clip'; got {self.spectrum!r}")
+        _check(self.oca_head in ("isometry", "linear", "mlp"),
+               f"`oca_head` must be 'isometry', 'linear' or 'mlp'; got {self.oca_head!r}")
+        _check(self.gate_metric in ("top1", "mAP"), f"`gate_metric` must be 'top1' or 'mAP'; got {self.gate_metric!r}")
+        _check(self.steps >= 0, f"`steps` must be >= 0; got {self.steps!r}")
+        _check(self.batch_size >= 2, f"`batch_size` must be >= 2; got {self.batch_size!r}")
+
+
+@dataclass
+class BackboneConfig(_DictMixin):
+    """Whole-model training (:func:`~compatindex.trainer.train_backbone`), OCA's recipe by default.
+
+    OCA: Adam, lr 1e-3, wd 2^-15, label smoothing 0.1, loss weights 5 / 10 / 5 (methods.md §1.2).
+    """
+
+    method: str = "oca"
+    d_parent: int = 0
+    """Prefix dims compared with the parent (the backbone emits ``d_parent + delta``)."""
+    num_classes: int = 0
+    epochs: int = 30
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 3.0517578125e-5
+    warmup_steps: int = 0
+    label_smoothing: float = 0.1
+    w_ce: float = 5.0
+    w_bct: float = 10.0
+    w_cos: float = 5.0
+    bct_alpha: float = 1.0
+    """Weight of the influence loss in the BCT recipe (CE + alpha * CE(phi P^T))."""
+    seed: int = 0
+    device: str = "auto"
+    quiet: bool = False
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps (0: only at the end), when a path is given."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.method in BACKBONE_METHODS,
+               f"`method` must be one of {BACKBONE_METHODS}; got {self.method!r}")
+        _check(self.batch_size >= 2, f"`batch_size` must be >= 2; got {self.batch_size!r}")
+        _check(self.epochs >= 0, f"`epochs` must be >= 0; got {self.epochs!r}")
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if name != "auto":
+        return name
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - closed forms need no torch
+        return "cpu"
