@@ -665,7 +665,8 @@ class Index:
 
     def _prepare(self, vectors: Any, v: Version, *, raw: bool, param: str) -> np.ndarray:
         if raw:
-            x = V.to_version_space(v, as_matrix(vectors, dim=v.raw_dim, param=param))
+            x = V.to_version_space(v, as_matrix(vectors, dim=v.raw_dim, param=param,
+                                                context=f" (raw encoder output of version {v.name!r})"))
         else:
-            x = as_matrix(vectors, dim=v.dim, param=param)
+            x = as_matrix(vectors, dim=v.dim, param=param, context=f" for version {v.name!r}")
         return normalize_rows(x, metric=v.metric, param=param)

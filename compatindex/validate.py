@@ -17,7 +17,8 @@ MAX_ID_BYTES = 512  # a string id longer than this is almost surely a mistake (a
 INT_ID_MIN, INT_ID_MAX = -(2**63), 2**63 - 1
 
 
-def as_matrix(x: Any, *, dim: int | None, param: str = "vectors", allow_empty: bool = False) -> np.ndarray:
+def as_matrix(x: Any, *, dim: int | None, param: str = "vectors", allow_empty: bool = False,
+              context: str = "") -> np.ndarray:
     """Check a batch of vectors and return it as a C-contiguous ``(n, dim)`` float32 array.
 
     Accepts float16/32/64 arrays (or nested lists of floats). Integer, bool, complex and object
@@ -49,7 +50,7 @@ def as_matrix(x: Any, *, dim: int | None, param: str = "vectors", allow_empty: b
     if arr.shape[0] == 0 and not allow_empty:
         raise InvalidInputError(f"`{param}` is an empty batch (shape {arr.shape})")
     if dim is not None and arr.shape[1] != dim:
-        raise DimensionMismatchError(f"`{param}` must have dim {dim}; got {arr.shape[1]}")
+        raise DimensionMismatchError(f"`{param}` must have dim {dim}{context}; got {arr.shape[1]}")
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
     if out.size and not np.isfinite(out).all():

@@ -105,9 +105,7 @@ class FaissShard:
             return faiss.IndexIDMap2(h)
         quant = faiss.IndexFlatIP(d)
         ivf = faiss.IndexIVFFlat(quant, d, s.nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.nprobe = s.nprobe
-        ivf.own_fields = True
-        ivf.__dict__["_quant"] = quant  # keep the quantizer's Python proxy alive with the index
+        ivf.nprobe = s.nprobe  # faiss's Python layer keeps `quant` referenced by `ivf`
         return ivf
 
     # -- contents ----------------------------------------------------------------------------

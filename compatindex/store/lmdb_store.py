@@ -385,9 +385,9 @@ class LmdbStore:
         try:
             db: dict[str, Any] = {}
             if readonly:
-                with env.begin() as txn:
-                    for n in _DBS:
-                        db[n] = env.open_db(n.encode(), txn=txn, create=False)
+                # Handles opened inside a read transaction die with it: open them on their own.
+                for n in _DBS:
+                    db[n] = env.open_db(n.encode(), create=False)
             else:
                 env.reader_check()  # clear reader slots left by crashed processes
                 for n in _DBS:

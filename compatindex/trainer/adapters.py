@@ -223,7 +223,7 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            parts["loss"] = float(loss)
+            parts["loss"] = float(loss.detach())
             bar.update(1, loss=parts["loss"])
     model.eval()
     return model.cpu(), {k: round(v, 6) for k, v in parts.items()}

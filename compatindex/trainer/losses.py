@@ -79,7 +79,7 @@ class OCALoss(nn.Module):
         bct = self.bct(h_bct, y)
         cos = self.cos(h_bct, y)
         total = self.w[0] * ce + self.w[1] * bct + self.w[2] * cos
-        return total, {"ce": float(ce), "bct": float(bct), "cos": float(cos)}
+        return total, {"ce": float(ce.detach()), "bct": float(bct.detach()), "cos": float(cos.detach())}
 
 
 class BCTLoss(nn.Module):
@@ -96,7 +96,7 @@ class BCTLoss(nn.Module):
     def forward(self, logits: Tensor, h_new: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         bct = self.bct(h_new[:, : self.d_p], y)
-        return ce + self.alpha * bct, {"ce": float(ce), "bct": float(bct)}
+        return ce + self.alpha * bct, {"ce": float(ce.detach()), "bct": float(bct.detach())}
 
 
 class PairAlignLoss(nn.Module):
@@ -117,4 +117,4 @@ class PairAlignLoss(nn.Module):
         cos = (1.0 - (zp * gn).sum(1)).mean()
         logits = zp @ gn.T / self.tau  # (B, B)
         nce = F.cross_entropy(logits, torch.arange(z.shape[0], device=z.device))
-        return self.w_cos * cos + self.w_nce * nce, {"pair_cos": float(cos), "pair_nce": float(nce)}
+        return self.w_cos * cos + self.w_nce * nce, {"pair_cos": float(cos.detach()), "pair_nce": float(nce.detach())}

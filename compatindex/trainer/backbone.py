@@ -1,0 +1,247 @@
+"""Whole-model training of any ``nn.Module`` backbone that emits ``d_parent + delta`` features.
+
+Recipes (methods.md §1-§3): ``oca`` (CE through OCA's orthogonal layer + BCT CE on prototypes +
+cosine to prototype), ``bct`` (CE + alpha BCT CE) and ``independent`` (CE only, the baseline).
+The stored vector is the normalized backbone output ``h_new``; its first ``d_parent`` dims are
+compared with the parent (``Q = I``: the orthogonal layer is a training-time device).
+
+Checkpoints (nanoGPT layout, style.md §14) hold ``{"model", "optimizer", "model_args",
+"config", "step", "rng", "history"}``; training resumes from one exactly, and a seed makes a run
+repeatable. CPU by default, CUDA when present (``device="auto"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InvalidInputError
+from .adapters import OrthogonalLayer
+from .config import BackboneConfig, resolve_device
+from .losses import BCTLoss, OCALoss
+from .progress import Progress
+
+
+class CompatModel(nn.Module):
+    """``backbone -> f (B, d_out) -> h_new = normalize(f) -> [T⊥] -> classifier``."""
+
+    def __init__(self, backbone: nn.Module, d_out: int, num_classes: int, method: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.d_out, self.num_classes, self.method = int(d_out), int(num_classes), method
+        self.orth = OrthogonalLayer(d_out) if method == "oca" else None
+        self.fc = nn.Linear(d_out, num_classes, bias=False)
+
+    def embed(self, x: Tensor) -> Tensor:  # (B, ...) -> (B, d_out), unit rows
+        f = self.backbone(x)
+        if f.ndim != 2 or f.shape[1] != self.d_out:
+            raise InvalidInputError(f"the backbone must emit (B, {self.d_out}) features; got {tuple(f.shape)}")
+        return F.normalize(f, dim=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.embed(x)
+        logits = self.fc(self.orth(h) if self.orth is not None else h)  # (B, C)
+        return logits, h
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_backbone` returns."""
+
+    model: CompatModel
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: str | None = None
+
+    def embed(self, X: Any, *, batch_size: int = 1024) -> np.ndarray:
+        """``(n, d_out)`` float32 unit vectors for inputs ``X``."""
+        return embed(self.model, X, batch_size=batch_size)
+
+
+def _tensor(x: Any, dtype: torch.dtype | None = None) -> Tensor:
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(dtype) if dtype is not None else t
+
+
+@torch.no_grad()
+def embed(model: CompatModel | Callable[[Tensor], Tensor], X: Any, *, batch_size: int = 1024,
+          normalize: bool = True) -> np.ndarray:
+    """Run a model (a :class:`CompatModel` or any backbone callable) over ``X`` in batches.
+
+    Returns ``(n, d)`` float32 (unit rows when ``normalize``).
+    """
+    Xt = _tensor(X, torch.float32)
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+        dev = next(model.parameters()).device
+    else:
+        dev = torch.device("cpu")
+    outs = []
+    for s in range(0, len(Xt), batch_size):
+        xb = Xt[s: s + batch_size].to(dev)
+        z = model.embed(xb) if isinstance(model, CompatModel) else model(xb)
+        outs.append(F.normalize(z, dim=1) if normalize else z)
+    if isinstance(model, nn.Module) and was_training:
+        model.train()
+    return torch.cat(outs).cpu().numpy().astype(np.float32) if outs else np.zeros((0, 0), np.float32)
+
+
+def prototypes_from_model(old_model: Callable[[Tensor], Tensor], X: Any, y: Any, num_classes: int) -> np.ndarray:
+    """``(C, d_old)`` class means of the old model's normalized features (BCT's synthesized
+    classifier; NaN rows for classes absent from ``y``)."""
+    from .data import prototypes_from_labels
+
+    feats = embed(old_model, X)
+    return prototypes_from_labels(feats, np.asarray(y, dtype=np.int64), num_classes)
+
+
+def _lr(cfg: BackboneConfig, step: int, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: CompatModel, opt: torch.optim.Optimizer,
+                    cfg: BackboneConfig, step: int, history: list[dict[str, float]]) -> None:
+    """Write the checkpoint atomically (temp file + rename)."""
+    ck = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "model_args": {"d_out": model.d_out, "num_classes": model.num_classes, "method": model.method,
+                       "d_parent": cfg.d_parent,
+                       "backbone": f"{type(model.backbone).__module__}.{type(model.backbone).__qualname__}"},
+        "config": cfg.to_dict(),
+        "step": step,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "history": history,
+    }
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(ck, tmp)
+    os.replace(tmp, p)
+
+
+def load_checkpoint(path: str | os.PathLike[str], backbone: nn.Module, *, map_location: str = "cpu"
+                    ) -> tuple[CompatModel, dict[str, Any]]:
+    """Rebuild a :class:`CompatModel` around ``backbone`` from a checkpoint (its own config)."""
+    ck = torch.load(path, map_location=map_location, weights_only=False)
+    a = ck["model_args"]
+    model = CompatModel(backbone, a["d_out"], a["num_classes"], a["method"])
+    model.load_state_dict(ck["model"])
+    return model, ck
+
+
+def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfig,
+                   prototypes: np.ndarray | None = None, d_out: int | None = None,
+                   checkpoint: str | os.PathLike[str] | None = None, resume: bool = True,
+                   stop_at: int | None = None) -> TrainResult:
+    """Train ``backbone`` (emitting ``(B, d_out)`` features, ``d_out = d_parent + delta``).
+
+    Parameters
+    ----------
+    backbone:
+        Any module mapping a batch of ``X`` to features.
+    X, y:
+        Training inputs ``(n, ...)`` and int labels ``(n,)`` in ``[0, num_classes)``.
+    config:
+        :class:`BackboneConfig` (``method``, ``d_parent``, ``num_classes``, ``epochs``, ...).
+    prototypes:
+        ``(C, d_parent)`` old-space class prototypes (stored-gallery class means, or
+        :func:`prototypes_from_model`); NaN rows for classes without one. Needed by oca/bct.
+    d_out:
+        The backbone's output dim (default: probed with one batch).
+    checkpoint:
+        Path of the checkpoint: written every ``config.checkpoint_every`` steps and at the end;
+        when it exists and ``resume``, training continues from it.
+    stop_at:
+        Stop after this global step (simulates an interruption; the checkpoint is written).
+
+    Returns
+    -------
+    TrainResult
+    """
+    cfg = config
+    device = resolve_device(cfg.device)
+    Xt = _tensor(X, torch.float32) if not isinstance(X, Tensor) else X
+    yt = _tensor(y, torch.long)
+    n = len(yt)
+    C = cfg.num_classes or int(yt.max()) + 1
+    if cfg.method in ("oca", "bct"):
+        if prototypes is None:
+            raise InvalidInputError(f"method {cfg.method!r} needs `prototypes` (C, d_parent)",
+                                    hint="use the stored gallery's class means or prototypes_from_model()")
+        P = np.asarray(prototypes, dtype=np.float32)
+        if P.shape[0] != C or (cfg.d_parent and P.shape[1] != cfg.d_parent):
+            raise InvalidInputError(f"`prototypes` must be ({C}, {cfg.d_parent or 'd_parent'}); got {P.shape}")
+    torch.manual_seed(cfg.seed)
+    if d_out is None:
+        with torch.no_grad():
+            d_out = int(backbone(Xt[:2]).shape[1])
+    model = CompatModel(backbone, d_out, C, cfg.method).to(device)
+    loss_fn: nn.Module | None = None
+    if cfg.method == "oca":
+        has = torch.as_tensor(~np.isnan(P).any(1))
+        loss_fn = OCALoss(torch.as_tensor(np.nan_to_num(P)), has, w_ce=cfg.w_ce, w_bct=cfg.w_bct,
+                          w_cos=cfg.w_cos, label_smoothing=cfg.label_smoothing).to(device)
+    elif cfg.method == "bct":
+        has = torch.as_tensor(~np.isnan(P).any(1))
+        loss_fn = BCTLoss(torch.as_tensor(np.nan_to_num(P)), has, alpha=cfg.bct_alpha,
+                          label_smoothing=cfg.label_smoothing).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bs = min(cfg.batch_size, n)
+    per_epoch = math.ceil(n / bs)
+    total = per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    step, history = 0, []
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, history = int(ck["step"]), list(ck["history"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+    end = total if stop_at is None else min(total, stop_at)
+    model.train()
+    with Progress(end - step, desc=f"train {cfg.method}", quiet=cfg.quiet) as bar:
+        while step < end:
+            epoch, k = divmod(step, per_epoch)
+            # the batch order depends only on (seed, epoch): a resumed run sees the same batches
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+            idx = perm[k * bs: (k + 1) * bs]
+            xb, yb = Xt[idx].to(device), yt[idx].to(device)
+            for gr in opt.param_groups:
+                gr["lr"] = _lr(cfg, step, total)
+            logits, h = model(xb)
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                parts = {"ce": float(loss.detach())}
+            else:
+                loss, parts = loss_fn(logits, h, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            rec = {"step": step, "loss": float(loss.detach()), **parts}
+            history.append(rec)
+            bar.update(1, loss=rec["loss"])
+            if checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(checkpoint, model, opt, cfg, step, history)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, model, opt, cfg, step, history)
+    model.eval()
+    return TrainResult(model=model, step=step, history=history,
+                       checkpoint=None if checkpoint is None else str(checkpoint))
