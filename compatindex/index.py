@@ -22,7 +22,6 @@ from . import versions as V
 from .errors import (
     CompatIndexError,
     DimensionMismatchError,
-    DuplicateIdError,
     FormatVersionError,
     InvalidInputError,
     NotAnIndexError,
@@ -340,15 +339,8 @@ class Index:
 
         def fn(w):
             self._check_kind(w, kind)
-            known = w.lookup(ids_l)
-            if (known >= 0).any():
-                first = ids_l[int(np.flatnonzero(known >= 0)[0])]
-                raise DuplicateIdError(
-                    f"`ids` {first!r} is already in the index ({int((known >= 0).sum())} of {len(ids_l)} ids exist)",
-                    hint="use backfill() to give existing items a vector of another version",
-                )
-            iids = w.new_items(ids_l, labels_l, meta_l)
-            w.put_vectors(v.code, iids, x)
+            iids = w.new_items(ids_l, labels_l, meta_l)  # raises DuplicateIdError for existing ids
+            w.put_vectors(v.code, iids, x, fresh=True)
             return iids, w.op
 
         (iids, op), seq = self._commit(fn)

@@ -101,6 +101,18 @@ def as_ids(ids: Any, *, n: int | None, param: str = "ids", unique: bool = True) 
     if isinstance(ids, np.ndarray):
         if ids.ndim != 1:
             raise InvalidInputError(f"`{param}` must be 1-D; got shape {ids.shape}")
+        if ids.dtype.kind in "iu" and len(ids):
+            # fast path for big integer batches: checks run vectorized
+            if ids.dtype == np.uint64 and int(ids.max()) > INT_ID_MAX:
+                raise InvalidInputError(f"`{param}` int ids must fit in int64; got {int(ids.max())}")
+            if n is not None and len(ids) != n:
+                raise InvalidInputError(f"`{param}` has {len(ids)} entries but `vectors` has {n} rows")
+            if unique:
+                srt = np.sort(ids)
+                dup = np.flatnonzero(srt[1:] == srt[:-1])
+                if dup.size:
+                    raise DuplicateIdError(f"`{param}` repeats id {int(srt[dup[0]])!r} within one batch")
+            return ids.astype(np.int64).tolist(), "int"
         if ids.dtype.kind in "iu":
             out: list[Any] = [int(v) for v in ids.tolist()]
         elif ids.dtype.kind in "UO":

@@ -25,6 +25,12 @@ DEVICES = ("auto", "cpu", "gpu", "torch", "torch-fp16")
 MAX_VERSIONS = 64  # one bit per version in the per-item mask
 
 
+def _nvidia_present() -> bool:
+    import os
+
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")
+
+
 def resolve_device(device: str) -> str:
     """Pick the search backend: ``faiss-gpu``, ``torch`` (CUDA or CPU), ``torch-fp16`` or ``cpu``."""
     if device not in DEVICES:
@@ -35,9 +41,9 @@ def resolve_device(device: str) -> str:
         return device
     if num_gpus() > 0:
         return "faiss-gpu"
-    if device == "gpu" or device == "auto":
+    if (device == "gpu" or device == "auto") and _nvidia_present():
         try:
-            import torch
+            import torch  # only imported where a driver exists: importing torch costs ~1 s
 
             if torch.cuda.is_available():
                 return "torch"

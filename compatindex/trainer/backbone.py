@@ -140,6 +140,7 @@ def load_checkpoint(path: str | os.PathLike[str], backbone: nn.Module, *, map_lo
     a = ck["model_args"]
     model = CompatModel(backbone, a["d_out"], a["num_classes"], a["method"])
     model.load_state_dict(ck["model"])
+    model.eval()
     return model, ck
 
 

@@ -25,7 +25,7 @@ class PrototypeCE(nn.Module):
         has = torch.ones(C, dtype=torch.bool) if has_proto is None else has_proto.to(torch.bool)
         remap = torch.full((C,), -1, dtype=torch.long)
         remap[has] = torch.arange(int(has.sum()))
-        self.register_buffer("P", prototypes.float())  # (C, d_p)
+        self.register_buffer("P", prototypes if prototypes.is_floating_point() else prototypes.float())  # (C, d_p)
         self.register_buffer("has", has)  # (C,)
         self.register_buffer("remap", remap)  # (C,) class -> column among prototype classes
         self.label_smoothing = label_smoothing
@@ -46,7 +46,7 @@ class PrototypeCosine(nn.Module):
         super().__init__()
         C = prototypes.shape[0]
         has = torch.ones(C, dtype=torch.bool) if has_proto is None else has_proto.to(torch.bool)
-        self.register_buffer("P", prototypes.float())
+        self.register_buffer("P", prototypes if prototypes.is_floating_point() else prototypes.float())
         self.register_buffer("has", has)
 
     def forward(self, h_bct: Tensor, y: Tensor) -> Tensor:
