@@ -44,7 +44,7 @@ log = logging.getLogger("compatindex")
 MARKER = "compatindex.json"
 
 
-def open(
+def open(  # noqa: A001 - the public name users expect (compatindex.open)
     path: str | os.PathLike[str] = ":memory:",
     *,
     readonly: bool = False,
@@ -58,7 +58,8 @@ def open(
     Parameters
     ----------
     path:
-        Index folder; ``":memory:"`` for a throwaway index in a temporary folder.
+        Index folder; ``":memory:"`` for a throwaway index in a temporary folder;
+        ``"qdrant://HOST:PORT/COLLECTION"`` or ``"qdrant+local://PATH"`` for the Qdrant backend.
     readonly:
         Take no writer lock; searches follow writes committed by other processes.
     create:
@@ -80,6 +81,12 @@ def open(
     ...     ix.search(np.eye(4, dtype=np.float32)[:1], k=1).ids.tolist()
     [[1]]
     """
+    text = str(path)
+    if text.startswith(("qdrant://", "qdrant+local://")):
+        # Past one machine: the same API on Qdrant (optional extra `qdrant`).
+        from .qdrant import open_qdrant
+
+        return open_qdrant(text, readonly=readonly, create=create)
     return Index(path, readonly=readonly, create=create, shard=shard, device=device, lock_timeout=lock_timeout)
 
 
