@@ -1,0 +1,144 @@
+"""The main job: a model upgrade on Fashion-MNIST, without re-embedding the gallery.
+
+1. An "old" embedding model (v1, 64 dims) is trained on classes 0-4 only; the 60,000 training
+   images are embedded with it and stored in an on-disk index, with their labels.
+2. A "new" model (128 dims) is trained independently on all 10 classes. Its vectors are not
+   comparable with the old ones at all.
+3. ``compatindex.trainer.upgrade`` learns version v2 from new-model vectors of 10% of the
+   gallery, paired with their stored v1 vectors; the compatibility gate admits it.
+4. New-model queries (the 10,000 test images) search the old gallery the day v2 ships;
+   then half the gallery is backfilled, then all of it; old clients keep searching throughout.
+
+Run with: ``bash scripts/demo.sh`` (or ``.venv/bin/python -m compatindex.demo [--quick]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import compatindex
+from compatindex.datasets import DatasetMissingError, load_fashion_mnist
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, seed: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, d_out))
+
+
+def _top1(res, gallery_labels: dict, query_labels: np.ndarray) -> float:
+    first = [gallery_labels[i] if i is not None else -1 for i in res.ids[:, 0]]
+    return float(np.mean(np.asarray(first) == query_labels))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="compatindex demo: a backward-compatible model upgrade on Fashion-MNIST")
+    ap.add_argument("--workdir", default=".work/demo", help="where the index and models go (default .work/demo)")
+    ap.add_argument("--quick", action="store_true", help="smaller gallery and shorter training (about 1 minute)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from compatindex.trainer import BackboneConfig, train_backbone, upgrade
+
+    out = Console()
+    err = Console(stderr=True, quiet=args.quiet)
+    t0 = time.perf_counter()
+    try:
+        Xtr, ytr = load_fashion_mnist("train")
+        Xte, yte = load_fashion_mnist("test")
+    except DatasetMissingError as exc:
+        out.print(f"[red]{exc}[/red]")
+        sys.exit(1)
+    n_gallery = 20_000 if args.quick else len(Xtr)
+    n_query = 2_000 if args.quick else len(Xte)
+    epochs = 2 if args.quick else 4
+    Xtr, ytr = Xtr[:n_gallery].astype(np.float32) / 255.0, ytr[:n_gallery]
+    Xte, yte = Xte[:n_query].astype(np.float32) / 255.0, yte[:n_query]
+
+    err.print("[bold]1.[/bold] training the old model on classes 0-4 (v1, 64 dims)")
+    old_mask = ytr < 5
+    old = train_backbone(_mlp(784, 256, 64, 0), Xtr[old_mask], ytr[old_mask],
+                         config=BackboneConfig(method="independent", num_classes=5, epochs=epochs, batch_size=256,
+                                               seed=0, quiet=args.quiet))
+    err.print("[bold]2.[/bold] training the new model on all 10 classes (128 dims, independently)")
+    new = train_backbone(_mlp(784, 512, 128, 1), Xtr, ytr,
+                         config=BackboneConfig(method="independent", num_classes=10, epochs=epochs, batch_size=256,
+                                               seed=1, quiet=args.quiet))
+    G_old, Q_old = old.embed(Xtr), old.embed(Xte)
+    H_gal, H_q = new.embed(Xtr), new.embed(Xte)
+
+    work = Path(args.workdir)
+    path = work / "fashion.index"
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    ids = [f"img{i:05d}" for i in range(n_gallery)]
+    labels = {i: int(l) for i, l in zip(ids, ytr)}
+    rows: list[tuple[str, str, float]] = []
+    with compatindex.open(path) as ix:
+        ix.create_version("v1", dim=64, metric="cosine")
+        ix.add(ids, G_old, version="v1", labels=ytr.tolist())
+        err.print(f"   index {path}: {ix.count} items embedded by v1")
+        rows.append(("old/old", "v1 queries, v1 gallery (before the upgrade)",
+                     _top1(ix.search(Q_old, k=1, version="v1"), labels, yte)))
+
+        err.print("[bold]3.[/bold] learning v2 from new-model vectors of 10% of the gallery")
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n_gallery, size=n_gallery // 10, replace=False))
+        version, report = upgrade(ix, H_gal[sample], [ids[i] for i in sample], name="v2", quiet=args.quiet)
+        if version is None:
+            out.print(f"[red]the compatibility gate refused v2: {report.get('gate')}[/red]")
+            sys.exit(1)
+        rows.append(("new/old", "v2 queries, v1 gallery (no backfill)",
+                     _top1(ix.search(H_q, k=1, version="v2", raw=True), labels, yte)))
+
+        err.print("[bold]4.[/bold] backfilling half of the gallery with v2 vectors")
+        half = ids[: n_gallery // 2]
+        ix.backfill(half, H_gal[: n_gallery // 2], version="v2", raw=True)
+        for score in ("renorm", "pad"):
+            rows.append((f"new/mixed ({score})", "v2 queries, 50% backfilled gallery",
+                         _top1(ix.search(H_q, k=1, version="v2", raw=True, score=score), labels, yte)))
+        rows.append(("old/mixed", "old clients: v1 queries, 50% backfilled gallery",
+                     _top1(ix.search(Q_old, k=1, version="v1"), labels, yte)))
+        ix.backfill(ids[n_gallery // 2:], H_gal[n_gallery // 2:], version="v2", raw=True)
+        rows.append(("new/new", "v2 queries, fully backfilled gallery",
+                     _top1(ix.search(H_q, k=1, version="v2", raw=True), labels, yte)))
+        stats = ix.stats()
+
+    with compatindex.open(path, readonly=True) as ro:  # reopened from disk: shards loaded, store verified
+        problems = ro.verify()
+        same = _top1(ro.search(H_q, k=1, version="v2", raw=True), labels, yte)
+
+    table = Table(title=f"Fashion-MNIST upgrade: top-1 (label of the first hit), {n_query} queries, {n_gallery} gallery images")
+    for col in ("setting", "what", "top-1"):
+        table.add_column(col)
+    for name, what, value in rows:
+        table.add_row(name, what, f"{value:.3f}")
+    out.print(table)
+    chosen = report.get("chosen")
+    out.print(f"v2 chosen method: [bold]{chosen}[/bold]; gate: {report.get('gate', {}).get('passed')}; "
+              f"dims: v1 {stats['versions']['v1']['dim']} -> v2 {stats['versions']['v2']['dim']}")
+    out.print(f"reopened read-only: verify {'ok' if not problems else problems}, new/new top-1 {same:.3f}; "
+              f"disk {stats['disk_bytes'] / 1e6:.1f} MB; wall {time.perf_counter() - t0:.0f} s")
+    summary = {"rows": [{"setting": a, "what": b, "top1": c} for a, b, c in rows], "chosen": chosen,
+               "gallery": n_gallery, "queries": n_query, "verify": problems, "wall_s": time.perf_counter() - t0}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
