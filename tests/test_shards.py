@@ -126,3 +126,18 @@ def test_gpu_backend_matches_cpu(rng):
     Q = rng.standard_normal((50, 24)).astype(np.float32)
     a, b = cpu.search(Q, k=10, version="v2"), gpu.search(Q, k=10, version="v2")
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_hnsw_replaced_vector_never_returns_the_old_one(rng):
+    ix = compatindex.open(":memory:", shard={"kind": "hnsw", "m": 8})
+    ix.create_version("v1", dim=8)
+    X = rng.standard_normal((200, 8)).astype(np.float32)
+    ix.add(list(range(200)), X)
+    new = -X[:1]  # the opposite direction: the old vector would score +1 against X[0]
+    ix.backfill([0], new, version="v1")
+    res = ix.search(X[:1], k=200)
+    row = res.ids[0].tolist()
+    assert row.count(0) == 1
+    score_of_0 = res.scores[0][row.index(0)]
+    assert score_of_0 == pytest.approx(-1.0, abs=1e-5)
+    ix.close()

@@ -139,8 +139,9 @@ class FaissShard:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(iids) == 0:
             return
-        if self.tombstones:
-            self.tombstones.difference_update(iids.tolist())
+        if self.tombstones and not self.tombstones.isdisjoint(iids.tolist()):
+            # A tombstoned HNSW node still holds the old vector under this id: drop it first.
+            self.compact()
         if self.staging is not None:
             self.staging.add_with_ids(x, iids)
             self._maybe_train()
