@@ -1,0 +1,1 @@
+"""The `compatindex` command line (installed as the package ``compatindex_cli``)."""

@@ -1,0 +1,5 @@
+"""``python -m compatindex_cli``: the same as the ``compatindex`` executable."""
+
+from .main import main
+
+main()

@@ -1,0 +1,265 @@
+"""Shared pieces of the CLI commands: options, error handling, progress, index opening.
+
+Errors: every :class:`compatindex.errors.CompatIndexError` and every bad input file
+(:class:`~compatindex_cli._io.InputFileError`) becomes one line ``error: ...`` on stderr and exit
+code 1, with no traceback. Usage errors (unknown option, missing argument, a value outside its
+range or choices) are Typer's and exit 2. Progress bars go to stderr so stdout stays
+machine-readable; ``--quiet`` turns them off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+import compatindex
+from compatindex.errors import CompatIndexError
+
+from ._io import InputFileError, VectorSource
+
+__all__ = [
+    "Quiet",
+    "Json",
+    "BatchSize",
+    "CliError",
+    "cli_errors",
+    "progress",
+    "open_index",
+    "resolve_version",
+    "check_vectors",
+    "metric_name",
+    "fmt_ids",
+    "to_jsonable",
+    "say",
+]
+
+DEFAULT_BATCH = 65_536
+
+def at_least_one(value: int | None) -> int | None:
+    """Option callback: a count that must be >= 1 (a usage error, exit 2, otherwise)."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"must be >= 1; got {value}")
+    return value
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+BatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", callback=at_least_one, help="Rows per batch streamed through the index.", show_default=True),
+]
+LockTimeout = Annotated[
+    float,
+    typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for another writer to close the index."),
+]
+
+
+class CliError(Exception):
+    """A user error the CLI itself detects (not a file and not a library error)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+def say(message: str) -> None:
+    """One line on stdout."""
+    typer.echo(message)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    # typer.echo: one plain line (a rich Console would wrap long messages at the terminal width).
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn user errors into one line on stderr and exit 1 (no traceback).
+
+    Set ``COMPATINDEX_DEBUG=1`` to let unexpected exceptions show their traceback.
+    """
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except (CompatIndexError, InputFileError, CliError) as exc:
+        raise _fail(str(exc).replace("\n", " ")) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+    except MemoryError:
+        raise _fail("out of memory; retry with a smaller --batch-size") from None
+    except OSError as exc:
+        where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        raise _fail(f"{exc.strerror or exc}{where}") from None
+    except Exception as exc:  # a bug: say so in one line unless debugging
+        if os.environ.get("COMPATINDEX_DEBUG"):
+            raise
+        raise _fail(
+            f"unexpected {type(exc).__name__}: {exc} (this is a bug; rerun with COMPATINDEX_DEBUG=1 for the traceback)"
+        ) from None
+
+
+@contextlib.contextmanager
+def progress(
+    description: str, total: int, *, quiet: bool, transient: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``. A no-op with ``quiet``.
+
+    ``transient`` bars vanish when done (the check pass before a write).
+    """
+    if quiet or total <= 0:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,  # else a piped stderr (CI logs) gets the final state once
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        try:
+            yield lambda n: bar.advance(task, n)
+        except BaseException:
+            bar.update(task, visible=False)  # an error is the one line left on stderr
+            raise
+
+
+def open_index(
+    path: Path, *, readonly: bool = False, lock_timeout: float = 0.0
+) -> compatindex.Index:
+    """Open an existing index folder (never creates one).
+
+    Raises :class:`CliError` when ``path`` is missing or not a folder; ``compatindex.open`` raises
+    ``NotAnIndexError`` for a folder that does not hold an index and ``IndexLockedError`` when
+    another writer holds it.
+    """
+    if not path.exists():
+        raise CliError(
+            f"INDEX '{path}': no such folder",
+            f"create an index with `compatindex init {path} --dim D`",
+        )
+    if not path.is_dir():
+        raise CliError(f"INDEX '{path}' is a file, not an index folder")
+    kwargs: dict[str, Any] = {"readonly": readonly, "create": False}
+    if not readonly:
+        kwargs["lock_timeout"] = lock_timeout
+    return compatindex.open(str(path), **kwargs)
+
+
+def resolve_version(index: compatindex.Index, name: str | None) -> Any:
+    """The version called ``name`` (``UnknownVersionError`` if absent), or the newest one."""
+    if name is not None:
+        return index.version(name)
+    if not index.versions():
+        raise CliError("the index has no version yet", "create one with `compatindex init`")
+    return index.latest
+
+
+def metric_name(version: Any) -> str:
+    m = version.metric
+    return str(getattr(m, "value", m)).lower()
+
+
+def check_vectors(
+    source: VectorSource,
+    index: compatindex.Index,
+    version: Any,
+    *,
+    raw: bool,
+    batch_size: int,
+    quiet: bool,
+) -> None:
+    """Check every vector of ``source`` before anything is written: dim, finite, non-zero (cosine).
+
+    With ``raw``, the dim must be the version's ``raw_dim`` and the zero check is made on the
+    vectors mapped into version space (``Index.to_version_space``).
+    """
+    expected = (version.raw_dim or version.dim) if raw else version.dim
+    what = "raw dim" if raw else "dim"
+    if source.n and source.dim != expected:
+        hint = "" if raw or version.raw_dim in (None, version.dim) else (
+            f"version '{version.name}' takes raw encoder outputs of dim {version.raw_dim} with --raw"
+        )
+        raise CliError(
+            f"{source.param} '{source.path}' holds vectors of dim {source.dim}; version "
+            f"'{version.name}' has {what} {expected}",
+            hint or "pick the version with --version",
+        )
+    cosine = metric_name(version) == "cosine"
+    with progress(f"checking {source.path.name}", source.n, quiet=quiet, transient=True) as advance:
+        for start, x in source.batches(batch_size):
+            source.check_finite(x, start)
+            if cosine:
+                y = index.to_version_space(x, version=version.name) if raw else x
+                norms = np.einsum("ij,ij->i", y, y)
+                zero = np.flatnonzero(norms == 0)
+                if zero.size:
+                    raise CliError(
+                        f"{source.param} '{source.path}': row {start + int(zero[0])} is a zero vector"
+                        f"{' once mapped to version space' if raw else ''}; version '{version.name}'"
+                        " uses the cosine metric, which cannot normalize it"
+                    )
+            advance(len(x))
+
+
+def fmt_ids(ids: Any, limit: int = 5) -> str:
+    """A short list of ids for messages."""
+    seq = list(ids[: limit + 1]) if not isinstance(ids, list) else ids[: limit + 1]
+    shown = ", ".join(repr(to_jsonable(v)) for v in seq[:limit])
+    return shown + (", ..." if len(seq) > limit else "")
+
+
+def to_jsonable(v: Any) -> Any:
+    """numpy scalars/arrays and other odd values -> JSON-friendly Python values."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {str(k): to_jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), default=str, allow_nan=False)
+
+
+def out_console() -> Any:
+    """A rich Console on stdout, never wrapping lines in a pipe."""
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)

@@ -1,0 +1,159 @@
+"""`compatindex add INDEX VECTORS [--ids IDS] [--version NAME] [--labels LABELS] [--raw]`: new items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from ._common import (
+    DEFAULT_BATCH,
+    BatchSize,
+    CliError,
+    Json,
+    LockTimeout,
+    Quiet,
+    check_vectors,
+    cli_errors,
+    dumps,
+    fmt_ids,
+    open_index,
+    progress,
+    resolve_version,
+    say,
+    to_jsonable,
+)
+from ._io import InputFileError, check_unique, open_vectors, read_keys
+
+EXAMPLES = """\b
+Examples:
+  compatindex add my.index vectors.npy
+  compatindex add my.index vectors.npy --ids ids.txt --labels labels.npy --version v2
+  compatindex add my.index items.parquet --column embedding --ids doc_id --quiet
+"""
+
+IdsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ids",
+        help="Item ids: .npy or .txt file (one per line), or a column/field of a .parquet/.jsonl input."
+        " Default: the input's `id` column/field if any, else row numbers offset by the item count.",
+        show_default=False,
+    ),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option("--labels", help="Labels: .npy or .txt file, or a column/field of a .parquet/.jsonl input.",
+                 show_default=False),
+]
+VersionOpt = Annotated[
+    str | None, typer.Option("--version", help="Version the vectors belong to (default: the newest).", show_default=False)
+]
+RawOpt = Annotated[
+    bool, typer.Option("--raw", help="Vectors are raw encoder outputs; map them with the version's transform.")
+]
+ColumnOpt = Annotated[
+    str | None,
+    typer.Option("--column", help="Column (.parquet) or field (.jsonl) holding the vectors (default: vector).",
+                 show_default=False),
+]
+
+
+def check_length(keys: Any, n: int, *, param: str, spec: str, vectors: Path) -> None:
+    if len(keys) != n:
+        raise InputFileError(
+            f"{param} '{spec}' holds {len(keys)} values but VECTORS '{vectors}' holds {n} vectors;"
+            " they must match one to one"
+        )
+
+
+def add(
+    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help="Vectors: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
+    ids: IdsOpt = None,
+    version: VersionOpt = None,
+    labels: LabelsOpt = None,
+    raw: RawOpt = False,
+    column: ColumnOpt = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
+    lock_timeout: LockTimeout = 0.0,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Add new items (ids must not be in the index yet), streamed in batches."""
+    with cli_errors():
+        source = open_vectors(vectors, param="VECTORS", column=column)
+        n = source.n
+        keys: Any = None
+        how = "from --ids"
+        if ids is not None:
+            keys = read_keys(ids, param="--ids", source=source)
+            check_length(keys, n, param="--ids", spec=ids, vectors=vectors)
+        elif source.kind in ("parquet", "jsonl") and "id" in source.columns:
+            keys = source.column("id")
+            how = f"from the 'id' {'column' if source.kind == 'parquet' else 'field'} of VECTORS"
+        if keys is not None:
+            check_unique(keys, what=f"--ids '{ids}'" if ids is not None else f"the 'id' values of VECTORS '{vectors}'")
+        label_vals: Any = None
+        if labels is not None:
+            label_vals = read_keys(labels, param="--labels", source=source)
+            check_length(label_vals, n, param="--labels", spec=labels, vectors=vectors)
+
+        ix = open_index(index, lock_timeout=lock_timeout)
+        with ix:
+            ver = resolve_version(ix, version)
+            check_vectors(source, ix, ver, raw=raw, batch_size=batch_size, quiet=quiet)
+            count = int(ix.count)
+            if keys is None:
+                keys = np.arange(count, count + n, dtype=np.int64)
+                how = f"row numbers offset by the item count {count}, as no --ids was given"
+            if count and n:
+                present = np.asarray(ix.has(keys), dtype=bool)
+                if present.any():
+                    taken = [keys[i] for i in np.flatnonzero(present)[:6]]
+                    raise CliError(
+                        f"{int(present.sum())} of the ids ({how}) are already in INDEX '{index}': {fmt_ids(taken)}",
+                        "add needs new ids; use `compatindex backfill` to give existing items a new vector"
+                        + ("" if ids is not None else ", or pass --ids"),
+                    )
+            done = 0
+            try:
+                with progress(f"adding to {ver.name}", n, quiet=quiet) as advance:
+                    for start, x in source.batches(batch_size):
+                        stop = start + len(x)
+                        ix.add(
+                            keys[start:stop],
+                            x,
+                            version=ver.name,
+                            labels=None if label_vals is None else label_vals[start:stop],
+                            raw=raw,
+                        )
+                        done = stop
+                        advance(len(x))
+            except BaseException as exc:
+                if not done:
+                    raise
+                note = _rollback(ix, keys[:done])
+                if isinstance(exc, Exception):
+                    raise CliError(f"{exc}; {note}") from None
+                raise
+            total = int(ix.count)
+        first = to_jsonable(keys[0]) if n else None
+        last = to_jsonable(keys[n - 1]) if n else None
+        if json_out:
+            say(dumps({"added": n, "version": ver.name, "ids": how, "first_id": first, "last_id": last,
+                       "count": total}))
+        elif n == 0:
+            say(f"VECTORS '{vectors}' holds no vectors; nothing added")
+        else:
+            say(f"added {n} items to version '{ver.name}' (ids {first!r}..{last!r}: {how}); the index holds {total} items")
+
+
+def _rollback(ix: Any, keys: Any) -> str:
+    try:
+        ix.delete(keys)
+    except Exception as exc:  # report, do not mask the first error
+        return f"removing the {len(keys)} items added before the failure also failed ({exc})"
+    return f"the {len(keys)} items added before the failure were removed again"

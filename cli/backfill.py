@@ -1,0 +1,91 @@
+"""`compatindex backfill INDEX VECTORS --ids IDS --version NAME [--raw] [--drop-old]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from ._common import (
+    DEFAULT_BATCH,
+    BatchSize,
+    CliError,
+    Json,
+    LockTimeout,
+    Quiet,
+    check_vectors,
+    cli_errors,
+    dumps,
+    fmt_ids,
+    open_index,
+    progress,
+    say,
+)
+from ._io import check_unique, open_vectors, read_keys
+from .add import ColumnOpt, RawOpt, check_length
+
+EXAMPLES = """\b
+Examples:
+  compatindex backfill my.index v2_vectors.npy --ids ids.txt --version v2
+  compatindex backfill my.index raw_v2.npy --ids ids.npy --version v2 --raw --drop-old
+"""
+
+
+def backfill(
+    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help="Vectors: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
+    ids: Annotated[
+        str,
+        typer.Option("--ids", help="Ids of existing items: .npy or .txt file, or a column/field of the input.",
+                     show_default=False),
+    ],
+    version: Annotated[str, typer.Option("--version", help="Version of the new vectors.", show_default=False)],
+    raw: RawOpt = False,
+    drop_old: Annotated[
+        bool, typer.Option("--drop-old", help="Remove these items' vectors of every other version.")
+    ] = False,
+    column: ColumnOpt = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0.0,
+                                                help="Seconds to wait for another writer.")] = 0.0,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Give existing items a vector of a (newer) version, streamed in batches."""
+    with cli_errors():
+        source = open_vectors(vectors, param="VECTORS", column=column)
+        n = source.n
+        keys = read_keys(ids, param="--ids", source=source)
+        check_length(keys, n, param="--ids", spec=ids, vectors=vectors)
+        check_unique(keys, what=f"--ids '{ids}'")
+        ix = open_index(index, lock_timeout=lock_timeout)
+        with ix:
+            ver = ix.version(version)
+            if n:
+                present = np.asarray(ix.has(keys), dtype=bool)
+                if not present.all():
+                    missing = [keys[i] for i in np.flatnonzero(~present)[:6]]
+                    raise CliError(
+                        f"{int((~present).sum())} of --ids '{ids}' are not in INDEX '{index}': {fmt_ids(missing)}",
+                        "backfill gives existing items a new vector; add new items with `compatindex add`",
+                    )
+            check_vectors(source, ix, ver, raw=raw, batch_size=batch_size, quiet=quiet)
+            done = 0
+            try:
+                with progress(f"backfilling {ver.name}", n, quiet=quiet) as advance:
+                    for start, x in source.batches(batch_size):
+                        stop = start + len(x)
+                        ix.backfill(keys[start:stop], x, version=ver.name, raw=raw, drop_old=drop_old)
+                        done = stop
+                        advance(len(x))
+            except Exception as exc:
+                if done:
+                    raise CliError(f"{exc}; the first {done} of {n} items were backfilled before the failure") from None
+                raise
+        if json_out:
+            say(dumps({"backfilled": n, "version": ver.name, "drop_old": drop_old}))
+        else:
+            extra = " and dropped their vectors of other versions" if drop_old else ""
+            say(f"backfilled {n} items with version '{ver.name}' vectors{extra}")

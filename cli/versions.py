@@ -1,0 +1,94 @@
+"""`compatindex versions INDEX [--json]`: lineage, dims and how each version was made."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from ._common import Json, Quiet, cli_errors, dumps, metric_name, open_index, out_console
+
+EXAMPLES = """\b
+Examples:
+  compatindex versions my.index
+  compatindex versions my.index --json | jq '.versions[].name'
+"""
+
+
+def made_by(v: Any) -> str:
+    """How a version maps into its parent: root, identity/orthogonal extension, head."""
+    if v.parent is None:
+        return "root"
+    parts = []
+    if v.head:
+        parts.append(f"{v.head.get('kind', '?')} head")
+    ext = v.extension
+    if ext is None:
+        parts.append("identity extension")
+    else:
+        ext = np.asarray(ext)
+        ident = ext.shape[0] == ext.shape[1] and np.allclose(ext, np.eye(ext.shape[0]))
+        parts.append("identity extension" if ident else f"orthogonal extension {ext.shape[0]}x{ext.shape[1]}")
+    if v.report:
+        parts.append("trained")
+    return " + ".join(parts)
+
+
+def describe(ix: Any, v: Any) -> dict[str, Any]:
+    created = v.created_at
+    if isinstance(created, (int, float)):
+        created = _dt.datetime.fromtimestamp(created, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+    return {
+        "name": v.name,
+        "parent": v.parent,
+        "lineage": list(ix.lineage(v.name)),
+        "dim": int(v.dim),
+        "raw_dim": int(v.raw_dim) if v.raw_dim is not None else int(v.dim),
+        "metric": metric_name(v),
+        "made_by": made_by(v),
+        "head": (v.head or {}).get("kind") if v.head else None,
+        "created_seq": v.created_seq,
+        "created_at": created,
+        "report": v.report or {},
+        "config": v.config or {},
+    }
+
+
+def versions(
+    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """List the versions: lineage, dims, metric and how each one was made."""
+    with cli_errors():
+        ix = open_index(index, readonly=True)
+        with ix:
+            rows = [describe(ix, v) for v in ix.versions()]
+            latest = ix.latest.name if rows else None
+        if json_out:
+            typer.echo(dumps({"latest": latest, "versions": rows}))
+            return
+        if not rows:
+            typer.echo("no versions")
+            return
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("name", "parent", "dim", "raw dim", "metric", "made by", "lineage", "created"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["name"] + (" *" if r["name"] == latest else ""),
+                r["parent"] or "-",
+                str(r["dim"]),
+                str(r["raw_dim"]),
+                r["metric"],
+                r["made_by"],
+                " > ".join(r["lineage"]),
+                str(r["created_at"] or "-"),
+            )
+        out_console().print(table)
+        typer.echo("* newest version")
