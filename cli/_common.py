@@ -152,15 +152,23 @@ def progress(
             raise
 
 
+def is_url(index: str | Path) -> bool:
+    """Whether INDEX names a Qdrant-backed index rather than a folder."""
+    return str(index).startswith(("qdrant://", "qdrant+local://"))
+
+
 def open_index(
-    path: Path, *, readonly: bool = False, lock_timeout: float = 0.0
+    path: str | Path, *, readonly: bool = False, lock_timeout: float = 0.0
 ) -> compatindex.Index:
-    """Open an existing index folder (never creates one).
+    """Open an existing index folder (never creates one), or a ``qdrant://`` / ``qdrant+local://`` URL.
 
     Raises :class:`CliError` when ``path`` is missing or not a folder; ``compatindex.open`` raises
     ``NotAnIndexError`` for a folder that does not hold an index and ``IndexLockedError`` when
     another writer holds it.
     """
+    if is_url(path):
+        return compatindex.open(str(path), readonly=readonly, create=False)
+    path = Path(path)
     if not path.exists():
         raise CliError(
             f"INDEX '{path}': no such folder",

@@ -70,7 +70,7 @@ def check_length(keys: Any, n: int, *, param: str, spec: str, vectors: Path) -> 
 
 
 def add(
-    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
     vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help="Vectors: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
     ids: IdsOpt = None,
     version: VersionOpt = None,

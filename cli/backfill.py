@@ -34,7 +34,7 @@ Examples:
 
 
 def backfill(
-    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
     vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help="Vectors: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
     ids: Annotated[
         str,

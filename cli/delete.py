@@ -19,7 +19,7 @@ Examples:
 
 
 def delete(
-    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
     ids: Annotated[str, typer.Option("--ids", help="Ids to remove: .npy or .txt (one per line).",
                                      show_default=False)],
     lock_timeout: LockTimeout = 0.0,

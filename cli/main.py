@@ -14,6 +14,7 @@ import typer
 from . import add as add_module
 from . import backfill as backfill_module
 from . import delete as delete_module
+from . import export as export_module
 from . import info as info_module
 from . import init as init_module
 from . import search as search_module
@@ -72,6 +73,7 @@ for _name, _module in (
     ("versions", versions_module),
     ("info", info_module),
     ("verify", verify_module),
+    ("export", export_module),
 ):
     app.command(_name, epilog=_module.EXAMPLES)(getattr(_module, _name))
 

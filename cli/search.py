@@ -36,7 +36,7 @@ class ScoreChoice(str, Enum):
 
 
 def search(
-    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
     queries: Annotated[Path, typer.Argument(metavar="QUERIES", help="Queries: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--k", callback=at_least_one, help="Hits per query (>= 1).")] = 10,
     version: Annotated[

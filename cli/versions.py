@@ -58,7 +58,7 @@ def describe(ix: Any, v: Any) -> dict[str, Any]:
 
 
 def versions(
-    index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
+    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:

@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: an unpinned torch (or one pulled by another package) is a multi-GB CUDA build.
 .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,train,io,dev]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,train,io,qdrant,dev]"
 # Real data that installs offline (shared notes data.md): Fashion-MNIST images and WordNet.
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
