@@ -21,6 +21,7 @@ import numpy as np
 from . import versions as V
 from .errors import (
     CompatIndexError,
+    CorruptIndexError,
     DimensionMismatchError,
     FormatVersionError,
     InvalidInputError,
@@ -104,6 +105,7 @@ class Index:
         self.readonly = readonly
         self._lock: WriterLock | None = None
         self._closed = False
+        self._creating = False
         self.store: LmdbStore | None = None
         spec = None if shard is None else ShardSpec.parse(shard)
         device_resolved = resolve_device(device)
@@ -112,12 +114,21 @@ class Index:
             if not readonly:
                 self._lock = WriterLock(self.path / ".lock", timeout=lock_timeout)
             self.store = LmdbStore(self.path / "store", readonly=readonly, create=not readonly)
+            if self._creating:
+                self._write_marker()
             spec = self._shard_spec(spec)
             self._load_versions()
             self.shards = ShardSet(self.path / "shards", spec, device_resolved)
             self.shards.open(self.store, [(v.code, v.dim) for v in self._versions.values()])
             for event in self.shards.events:
                 log.info("%s: %s", self.path, event)
+            if self.shards.events and not readonly and self._tmp is None:
+                # A shard was rebuilt or replayed (e.g. after a crash mid-flush): persist it now, so
+                # that a damaged file does not outlive the recovery (verify() checks the files).
+                try:
+                    self.shards.flush(self.store.seq())
+                except OSError as exc:
+                    log.warning("%s: could not save recovered shards (%s); they will be rebuilt on open", self.path, exc)
         except BaseException:
             self._release()
             raise
@@ -138,14 +149,20 @@ class Index:
                     f"index {self.path} has format version {fmt}; this compatindex reads up to {FORMAT_VERSION}"
                 )
             return
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        interrupted = (self.path / "store" / "data.mdb").exists() and not self.readonly and create
+        if not interrupted and self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise NotAnIndexError(
                 f"{self.path} is not a compatindex index (no {MARKER})",
                 hint="point at an index folder, or at an absent or empty folder to create one",
             )
         if not create or self.readonly:
             raise NotAnIndexError(f"no index at {self.path}", hint="create it with compatindex.open(path) or `compatindex init`")
+        # The marker is written once the store exists (see __init__), so a reader never finds a
+        # marker without a store; a creation interrupted before the marker is finished on retry.
         self.path.mkdir(parents=True, exist_ok=True)
+        self._creating = True
+
+    def _write_marker(self) -> None:
         tmp = self.path / (MARKER + ".tmp")
         tmp.write_text(json.dumps({"format": "compatindex", "format_version": FORMAT_VERSION,
                                    "created_at": time.time()}, indent=1))
@@ -169,14 +186,18 @@ class Index:
             self._seen_seq = r.seq()
         self._versions: dict[str, Version] = {}
         for rec in records:
-            ext = rec.get("extension")
-            Q = None if ext is None else np.frombuffer(ext, dtype="<f8").reshape(rec["dim"], rec["dim"]).copy()
-            self._versions[rec["name"]] = Version(
-                name=rec["name"], dim=rec["dim"], metric=Metric(rec["metric"]), parent=rec.get("parent"),
-                raw_dim=rec["raw_dim"], extension=Q, head=unpack_head(rec.get("head")),
-                report=rec.get("report") or {}, config=rec.get("config") or {}, code=rec["code"],
-                created_seq=rec.get("created_seq", 0), created_at=rec.get("created_at", 0.0),
-            )
+            try:
+                ext = rec.get("extension")
+                Q = None if ext is None else np.frombuffer(ext, dtype="<f8").reshape(rec["dim"], rec["dim"]).copy()
+                self._versions[rec["name"]] = Version(
+                    name=rec["name"], dim=rec["dim"], metric=Metric(rec["metric"]), parent=rec.get("parent"),
+                    raw_dim=rec["raw_dim"], extension=Q, head=unpack_head(rec.get("head")),
+                    report=rec.get("report") or {}, config=rec.get("config") or {}, code=rec["code"],
+                    created_seq=rec.get("created_seq", 0), created_at=rec.get("created_at", 0.0),
+                )
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise CorruptIndexError(
+                    f"a version record in {self.store.file} is damaged ({type(exc).__name__}: {exc})") from None
 
     def _sync(self) -> None:
         """Catch up with writes committed by other processes (readers) since the last call."""
@@ -457,9 +478,16 @@ class Index:
         self._check_open()
         k = as_k(k)
         sc = normalize_score(score)
-        self._sync()
-        v = self._resolve(version)
-        q = self._prepare(queries, v, raw=raw, param="queries")
+        for _attempt in range(50):
+            self._sync()
+            v = self._resolve(version)
+            q = self._prepare(queries, v, raw=raw, param="queries")
+            out = self._search_once(q, k, v, sc)
+            if out is not None:
+                return out
+        raise CompatIndexError(f"index {self.path} changed under 50 search attempts in a row; retry the search")
+
+    def _search_once(self, q: np.ndarray, k: int, v: Version, sc) -> SearchResult | None:
         nq = len(q)
         pref = V.preference(self._versions, v.name)
         allowed = self.shards.allowed([self._versions[u].code for u in pref])
@@ -492,11 +520,18 @@ class Index:
             vcodes[empty] = -1
         return self._result(scores, iids, vcodes)
 
-    def _result(self, scores: np.ndarray, iids: np.ndarray, vcodes: np.ndarray) -> SearchResult:
+    def _result(self, scores: np.ndarray, iids: np.ndarray, vcodes: np.ndarray) -> SearchResult | None:
+        """Map internal ids to external ids; None when a write committed by another process since
+        the shards' snapshot removed a hit's item (the caller syncs and searches again)."""
         uniq = np.unique(iids[iids >= 0])
         assert self.store is not None
         with self.store.read() as r:
-            ext = dict(zip(uniq.tolist(), r.external(uniq.tolist())))
+            try:
+                ext = dict(zip(uniq.tolist(), r.external(uniq.tolist())))
+            except CorruptIndexError:
+                if self.readonly and r.seq() != self.shards.seq:
+                    return None  # internal ids are never reused, so only a concurrent delete does this
+                raise
         names = {v.code: v.name for v in self._versions.values()}
         ids_out = np.empty(iids.shape, dtype=object)
         ver_out = np.empty(iids.shape, dtype=object)
@@ -541,6 +576,12 @@ class Index:
             with self.store.read() as r:
                 labels = r.labels(r.lookup(ids_l).tolist())
             return ItemBatch(list(ids_l), x, labels, v.name)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise InvalidInputError(f"`limit` must be an int >= 1; got {limit!r}")
+        try:
+            pick_rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"`seed` must be None or an int >= 0; got {seed!r} ({exc})") from None
         with self.store.read() as r:
             parts = list(self.store.iter_live(v.code, v.dim, reader=r))
             iids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -548,10 +589,8 @@ class Index:
             order = np.argsort(iids, kind="stable")
             iids, x = iids[order], x[order]
             if limit is not None:
-                if not isinstance(limit, int) or limit < 1:
-                    raise InvalidInputError(f"`limit` must be an int >= 1; got {limit!r}")
                 if limit < len(iids):
-                    pick = np.sort(np.random.default_rng(seed).choice(len(iids), size=limit, replace=False))
+                    pick = np.sort(pick_rng.choice(len(iids), size=limit, replace=False))
                     iids, x = iids[pick], x[pick]
             ext = r.external(iids.tolist())
             labels = r.labels(iids.tolist())
@@ -581,13 +620,22 @@ class Index:
         with self.store.read() as r:
             n = int(r.meta("n_items", 0))
             seq = r.seq()
-            counts = {v.name: int(r.meta(f"count:{v.code}", 0)) for v in self._versions.values()}
+            # one list of versions for the counts and the loop below: a reader's _sync() in between
+            # could load a version registered meanwhile by another process
+            listed = sorted(self._versions.values(), key=lambda u: u.code)
+            counts = {v.name: int(r.meta(f"count:{v.code}", 0)) for v in listed}
             id_kind = r.meta("id_kind")
-        disk = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        disk = 0
+        for f in self.path.rglob("*"):
+            try:  # another process may rename or remove files meanwhile (shard saves: .tmp -> final)
+                if f.is_file():
+                    disk += f.stat().st_size
+            except OSError:
+                pass
         out: dict[str, Any] = {"path": str(self.path), "items": n, "seq": seq, "id_kind": id_kind,
                                "disk_bytes": disk, "device": self.shards.device,
                                "shard_spec": self.shards.spec.to_dict(), "versions": {}}
-        for v in self.versions():
+        for v in listed:
             shard = self.shards.shards[v.code]
             saved = self.shards._saved_seq.get(v.code, -1)
             out["versions"][v.name] = {

@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import CompatIndexError
 from .shards import FaissShard
+from .store.lmdb_store import unpack
 
 if TYPE_CHECKING:
     from .index import Index
@@ -18,6 +19,17 @@ def verify_index(index: "Index") -> list[str]:
     problems: list[str] = []
     store = index.store
     assert store is not None
+    if not index.readonly:
+        # Structure of the LMDB file itself (every page reachable once, keys ordered, free and live
+        # pages disjoint), by py-lmdb's pure-Python walker: it never hands pages to the engine.
+        # Only where this process holds the writer lock: nobody else changes the file meanwhile.
+        try:
+            import lmdb.verify as lmdb_verify
+
+            found = lmdb_verify.verify(str(store.path))
+        except Exception as exc:  # noqa: BLE001 - VerifyError (not an LMDB file) or a walker failure
+            found = [f"the structural check could not run: {exc}"]
+        problems.extend(f"LMDB store {store.file}: {f}" for f in found[:20])
     try:
         with store.read() as r:
             n_items = int(r.meta("n_items", 0))
@@ -53,6 +65,18 @@ def verify_index(index: "Index") -> list[str]:
                         FaissShard.load(folder, name, dim=v.dim, spec=index.shards.spec)
                     except ValueError as exc:
                         problems.append(f"shard file {folder / name}.faiss is damaged ({exc}); it will be rebuilt on open")
+            # every msgpack record decodes (labels, metadata, op log; versions were decoded on open)
+            for name, what in (("labels", "label"), ("attrs", "metadata"), ("oplog", "op log record")):
+                with r.txn.cursor(db=store.db[name]) as cur:
+                    for k, v in cur:
+                        unpack(v, what=f"{what} {bytes(k).hex()}", where=store.file)
+            # the id map and the reverse map are each other's inverse
+            with r.txn.cursor(db=store.db["rev"]) as cur:
+                for k, ext in cur:
+                    if r.txn.get(bytes(ext), db=store.db["ids"]) != bytes(k):
+                        problems.append(f"the id maps in {store.file} disagree at internal id "
+                                        f"{int.from_bytes(k, 'big', signed=True)}")
+                        break
             for iid, _ext in r.iter_items():
                 if not any(r.txn.get(int(v.code).to_bytes(2, "big") + int(iid).to_bytes(8, "big", signed=True),
                                      db=store.db["loc"]) is not None for v in index._versions.values()):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import compatindex
-from conftest import BruteForce, random_orthogonal
+from core_testkit import BruteForce, random_orthogonal
 
 
 def build_lineage(ix, bf, rng, *, metric="cosine"):

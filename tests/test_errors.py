@@ -9,7 +9,7 @@ import pytest
 
 import compatindex
 from compatindex import errors as E
-from conftest import random_orthogonal
+from core_testkit import random_orthogonal
 
 
 @pytest.fixture

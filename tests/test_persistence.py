@@ -9,7 +9,7 @@ import pytest
 
 import compatindex
 from compatindex.errors import IndexLockedError, NotAnIndexError, ReadOnlyError
-from conftest import random_orthogonal
+from core_testkit import random_orthogonal
 
 
 def fill(path, rng, n=500):

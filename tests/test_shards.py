@@ -9,7 +9,7 @@ import pytest
 import compatindex
 from compatindex.errors import InvalidInputError
 from compatindex.shards import ShardSpec
-from conftest import BruteForce, random_orthogonal
+from core_testkit import BruteForce, random_orthogonal
 
 
 def fill(ix, bf, rng, n=1500):

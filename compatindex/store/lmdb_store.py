@@ -34,7 +34,7 @@ import lmdb
 import msgpack
 import numpy as np
 
-from ..errors import CorruptIndexError, FormatVersionError, StoreFullError
+from ..errors import CompatIndexError, CorruptIndexError, FormatVersionError, StoreFullError
 
 T = TypeVar("T")
 
@@ -43,6 +43,8 @@ CHUNK_ROWS = 1024  # vectors per LMDB value: large values avoid the 15-34% overf
 INITIAL_MAP_SIZE = 1 << 30
 _DBS = ("meta", "versions", "ids", "rev", "loc", "chunks", "vecs", "labels", "attrs", "oplog")
 _LOC = struct.Struct(">qI")
+_MDB_MAGIC = 0xBEEFC0DE
+_META_AT = 16  # LMDB 0.9, 64-bit: the page header before the meta record
 
 # Environments open in this process, by real path: [readonly, env, dbs, refcount].
 _OPEN_ENVS: dict[str, list[Any]] = {}
@@ -55,12 +57,13 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack(data: bytes | memoryview, *, what: str = "record") -> Any:
+def unpack(data: bytes | memoryview, *, what: str = "record", where: Any = None) -> Any:
     try:
         # msgpack bounds each container by the input size, and ext types are refused by default.
         return msgpack.unpackb(bytes(data), raw=False, strict_map_key=False)
     except Exception as exc:
-        raise CorruptIndexError(f"damaged {what} in the store: {exc}") from None
+        place = "the store" if where is None else str(where)
+        raise CorruptIndexError(f"damaged {what} in {place}: {exc}") from None
 
 
 def u64(i: int) -> bytes:
@@ -130,7 +133,7 @@ class Reader:
 
     def meta(self, key: str, default: Any = None) -> Any:
         raw = self.txn.get(key.encode(), db=self.s.db["meta"])
-        return default if raw is None else unpack(raw, what=f"meta record {key!r}")
+        return default if raw is None else unpack(raw, where=self.s.file, what=f"meta record {key!r}")
 
     def seq(self) -> int:
         return int(self.meta("seq", 0))
@@ -139,7 +142,7 @@ class Reader:
         out = []
         with self.txn.cursor(db=self.s.db["versions"]) as cur:
             for k, v in cur:
-                out.append(unpack(v, what=f"version record {bytes(k)!r}"))
+                out.append(unpack(v, where=self.s.file, what=f"version record {bytes(k)!r}"))
         return sorted(out, key=lambda r: r["code"])
 
     def lookup(self, ext_ids: Sequence[Any]) -> np.ndarray:
@@ -178,7 +181,7 @@ class Reader:
         raw = self.txn.get(vkey(vcode, chunk), db=self.s.db["chunks"])
         if raw is None:
             raise CorruptIndexError(f"chunk {chunk} of version code {vcode} is missing from the store")
-        return unpack(raw, what=f"chunk {chunk} record")
+        return unpack(raw, where=self.s.file, what=f"chunk {chunk} record")
 
     def chunk_vectors(self, vcode: int, chunk: int, n: int, dim: int) -> np.ndarray:
         raw = self.txn.get(vkey(vcode, chunk), db=self.s.db["vecs"])
@@ -208,7 +211,7 @@ class Reader:
         out = []
         for i in iids:
             raw = self.txn.get(u64(int(i)), db=db)
-            out.append(None if raw is None else unpack(raw, what="label"))
+            out.append(None if raw is None else unpack(raw, where=self.s.file, what="label"))
         return out
 
     def attrs(self, iids: Sequence[int]) -> list[Any]:
@@ -216,7 +219,7 @@ class Reader:
         out = []
         for i in iids:
             raw = self.txn.get(u64(int(i)), db=db)
-            out.append(None if raw is None else unpack(raw, what="metadata"))
+            out.append(None if raw is None else unpack(raw, where=self.s.file, what="metadata"))
         return out
 
     def chunk_list(self, vcode: int) -> list[tuple[int, dict[str, Any]]]:
@@ -228,7 +231,7 @@ class Reader:
                     k = bytes(k)
                     if not k.startswith(prefix):
                         break
-                    out.append((int.from_bytes(k[2:], "big", signed=True), unpack(v, what="chunk record")))
+                    out.append((int.from_bytes(k[2:], "big", signed=True), unpack(v, where=self.s.file, what="chunk record")))
         return out
 
     def live_rows(self, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -386,6 +389,7 @@ class LmdbStore:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
                  map_size: int = INITIAL_MAP_SIZE) -> None:
         self.path = Path(path)
+        self.file = self.path / "data.mdb"  # named in error messages
         self.readonly = readonly
         exists = (self.path / "data.mdb").exists()
         if not exists and (readonly or not create):
@@ -406,8 +410,51 @@ class LmdbStore:
             _OPEN_ENVS[self._key] = [readonly, self.env, self.db, 1]
         self._check_format()
 
+    def _check_data_file(self) -> None:
+        """Refuse a data.mdb whose meta pages are damaged or that is shorter than the pages its
+        committed meta claims: LMDB maps the file and would die of SIGBUS reading past its end."""
+        f = self.file
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0 and not self.readonly:
+            return  # created, never initialized (a first open cut short): LMDB initializes it
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(_META_AT + 136)
+                if len(head) < _META_AT + 136:
+                    raise ValueError(f"it holds only {size} bytes")
+                magic, version, psize = struct.unpack_from("<II16xI", head, _META_AT)
+                if magic != _MDB_MAGIC or version != 1:
+                    raise ValueError("its first meta page is not an LMDB 0.9 meta page")
+                if psize < 512 or psize & (psize - 1) or psize > 65536:
+                    raise ValueError(f"its meta page gives the page size {psize}")
+                metas = [head]
+                fh.seek(psize)
+                metas.append(fh.read(_META_AT + 136))
+                size = os.fstat(fh.fileno()).st_size  # after the metas: a live writer only grows the file
+            if len(metas[1]) < _META_AT + 136:
+                raise ValueError(f"it holds only {size} bytes, less than its two meta pages")
+            last_pg, txnid = [], []
+            for m in metas:
+                magic, version = struct.unpack_from("<II", m, _META_AT)
+                if magic != _MDB_MAGIC or version != 1:
+                    raise ValueError("a meta page is damaged")
+                lp, tx = struct.unpack_from("<QQ", m, _META_AT + 24 + 96)
+                last_pg.append(lp)
+                txnid.append(tx)
+            pages = last_pg[1 if txnid[0] < txnid[1] else 0] + 1  # the committed meta, as LMDB picks it
+            if pages * psize > size:
+                raise ValueError(f"it is truncated: {size} bytes, its committed meta needs {pages * psize}")
+        except ValueError as exc:
+            raise CorruptIndexError(f"the LMDB store {f} is damaged: {exc}") from None
+        except OSError as exc:
+            raise CorruptIndexError(f"cannot read the LMDB store {f}: {exc}") from None
+
     def _open_env(self, map_size: int) -> tuple[lmdb.Environment, dict[str, Any]]:
         readonly = self.readonly
+        self._check_data_file()
         try:
             env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=len(_DBS) + 2, readonly=readonly,
@@ -470,6 +517,14 @@ class LmdbStore:
             raise CorruptIndexError("could not start a read transaction after the map was resized")
         try:
             yield Reader(self, txn)
+        except lmdb.Error as exc:  # MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...: a damaged file, said plainly
+            raise CorruptIndexError(f"the LMDB store {self.file} is damaged: {exc}") from None
+        except CompatIndexError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, struct.error, UnicodeDecodeError) as exc:
+            # a record that decodes but lacks the fields or types the format says it holds
+            raise CorruptIndexError(
+                f"a record in {self.file} is damaged ({type(exc).__name__}: {exc})") from None
         finally:
             txn.abort()
 
@@ -506,9 +561,9 @@ class LmdbStore:
                 self.env.set_mapsize(0)
             except lmdb.Error as exc:
                 txn.abort()
-                if _is_disk_full(exc):
-                    raise StoreFullError(f"the disk holding {self.path} is full: {exc}") from None
-                raise CorruptIndexError(f"LMDB error in {self.path / 'data.mdb'}: {exc}") from None
+                if _is_disk_full(exc) or ("input/output error" in str(exc).lower() and self._no_room()):
+                    raise StoreFullError(f"the disk holding {self.file} is full: {exc}") from None
+                raise CorruptIndexError(f"LMDB error in {self.file}: {exc}") from None
             except OSError as exc:
                 txn.abort()
                 if _is_disk_full(exc):
@@ -517,6 +572,27 @@ class LmdbStore:
             except BaseException:
                 txn.abort()
                 raise
+
+    def _no_room(self, probe: int = 8 << 20) -> bool:
+        """After an I/O error at commit: is the disk (or the file-size limit) full? LMDB 0.9 turns
+        the short write a full disk gives into EIO, so probe: write ``probe`` bytes past the end
+        of data.mdb's size into a scratch file (sparse below), then remove it."""
+        tmp = self.path / ".space-probe"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            return _is_disk_full(exc)
+        try:
+            at = self.file.stat().st_size
+            os.pwrite(fd, b"\0" * probe, at)
+            os.fsync(fd)
+            return False
+        except OSError as exc:
+            return _is_disk_full(exc)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     # -- bulk reads for shards ---------------------------------------------------------------
     def iter_live(self, vcode: int, dim: int, *, batch: int = 65536,
@@ -549,7 +625,7 @@ class LmdbStore:
             with r.txn.cursor(db=self.db["oplog"]) as cur:
                 if cur.set_range(u64(seq + 1)):
                     for k, v in cur:
-                        yield int.from_bytes(k, "big", signed=True), unpack(v, what="op log record")
+                        yield int.from_bytes(k, "big", signed=True), unpack(v, what="op log record", where=self.file)
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())

@@ -9,7 +9,7 @@ qdrant_client = pytest.importorskip("qdrant_client")
 
 import compatindex  # noqa: E402
 from compatindex.qdrant import QdrantIndex  # noqa: E402
-from conftest import DIMS, assert_same_results, queries  # noqa: E402
+from qdrant_testkit import DIMS, assert_same_results, queries  # noqa: E402
 
 
 @pytest.mark.parametrize("score", ["renorm", "pad"])

@@ -13,7 +13,7 @@ import compatindex  # noqa: E402
 from compatindex.errors import VersionExistsError  # noqa: E402
 from compatindex.qdrant import export_index, point_id  # noqa: E402
 from compatindex.qdrant.items import item_meta  # noqa: E402
-from conftest import DIMS, assert_same_results, build, queries  # noqa: E402
+from qdrant_testkit import DIMS, assert_same_results, build, queries  # noqa: E402
 
 
 @pytest.fixture(scope="module")
