@@ -26,28 +26,93 @@ from .losses import OCALoss, PairAlignLoss
 from .progress import Progress
 
 
-class OrthogonalLayer(nn.Module):
-    """OCA's ``T⊥``: ``x -> W x + b`` with ``W`` in O(d) (bias not orthogonal, as in OCA)."""
+PARAM_MAX_DIM = 128
+"""``orth_impl="auto"`` uses ``parametrizations.orthogonal`` up to this dim, retraction above it
+(matrix_exp / householder cost about a second per step at 432 dims on this 2-core machine)."""
 
-    def __init__(self, d: int) -> None:
+
+class RetractedOrthonormal(nn.Module):
+    """``x -> W x (+ b)`` with ``W`` ``(d_out, d_in)``, ``d_out >= d_in``, kept orthonormal by
+    retraction: after each optimizer step one Newton-Schulz step ``W <- W (3I - W^T W) / 2`` pulls
+    it back (two matmuls); :meth:`project_` snaps it exactly (polar factor) at the end."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool = False) -> None:
         super().__init__()
-        self.lin = orthogonal(nn.Linear(d, d, bias=True))
+        W = torch.empty(d_out, d_in)
+        nn.init.orthogonal_(W)
+        self.weight = nn.Parameter(W)
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    @torch.no_grad()
+    def retract_(self) -> None:
+        W = self.weight
+        W.copy_(1.5 * W - 0.5 * W @ (W.T @ W))
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        U, _, Vh = torch.linalg.svd(self.weight.double(), full_matrices=False)
+        self.weight.copy_((U @ Vh).to(self.weight.dtype))
+
+
+def _orthonormal_linear(d_in: int, d_out: int, *, bias: bool, impl: str) -> nn.Module:
+    if impl == "auto":
+        impl = "param" if max(d_in, d_out) <= PARAM_MAX_DIM else "retract"
+    if impl == "param":
+        return orthogonal(nn.Linear(d_in, d_out, bias=bias))
+    if impl == "retract":
+        return RetractedOrthonormal(d_in, d_out, bias=bias)
+    raise ValueError(f"orth_impl must be auto, param or retract; got {impl!r}")
+
+
+def retract_all(model: nn.Module) -> None:
+    """Pull every retracted orthonormal weight of ``model`` back after an optimizer step."""
+    for m in model.modules():
+        if isinstance(m, RetractedOrthonormal):
+            m.retract_()
+
+
+def project_all(model: nn.Module) -> None:
+    """Snap every retracted orthonormal weight to the exact polar factor (end of training)."""
+    for m in model.modules():
+        if isinstance(m, RetractedOrthonormal):
+            m.project_()
+
+
+class OrthogonalLayer(nn.Module):
+    """OCA's ``T⊥``: ``x -> W x + b`` with ``W`` in O(d) (bias not orthogonal, as in OCA).
+
+    ``impl="param"`` is ``torch.nn.utils.parametrizations.orthogonal`` (OCA's choice);
+    ``"retract"`` a plain weight kept orthogonal only by a loop that calls :func:`retract_all`;
+    ``"auto"`` picks by size (the trainer's loops retract).
+    """
+
+    def __init__(self, d: int, *, impl: str = "param") -> None:
+        super().__init__()
+        self.lin = _orthonormal_linear(d, d, bias=True, impl=impl)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, d) -> (B, d)
         return self.lin(x)
 
 
 class IsometryHead(nn.Module):
-    """``h -> M h`` with ``M`` ``(d_v, d_h)``, ``M^T M = I`` kept by the parametrization."""
+    """``h -> M h`` with ``M`` ``(d_v, d_h)``, ``M^T M = I`` kept by the parametrization (or by
+    retraction for large dims)."""
 
-    def __init__(self, d_h: int, d_v: int, init: np.ndarray | None = None) -> None:
+    def __init__(self, d_h: int, d_v: int, init: np.ndarray | None = None, *, impl: str = "param") -> None:
         super().__init__()
         if d_v < d_h:
             raise ValueError(f"an isometry needs d_v >= d_h; got d_v={d_v}, d_h={d_h}")
-        self.lin = orthogonal(nn.Linear(d_h, d_v, bias=False))
+        self.lin = _orthonormal_linear(d_h, d_v, bias=False, impl=impl)
         if init is not None:
+            W0 = torch.as_tensor(np.asarray(init), dtype=torch.float32)
             with torch.no_grad():
-                self.lin.weight = torch.as_tensor(np.asarray(init), dtype=torch.float32)
+                if isinstance(self.lin, RetractedOrthonormal):
+                    self.lin.weight.copy_(W0)
+                else:
+                    self.lin.weight = W0  # right_inverse of the parametrization
 
     def forward(self, h: Tensor) -> Tensor:
         return self.lin(h)
@@ -99,19 +164,20 @@ class HeadModel(nn.Module):
     """A head plus (when labels are given) OCA's training-time ``T⊥`` and classifier."""
 
     def __init__(self, kind: str, d_h: int, d_v: int, *, n_classes: int = 0, hidden: int = 0,
-                 init: Any = None) -> None:
+                 init: Any = None, orth_impl: str = "auto") -> None:
         super().__init__()
         self.kind = kind
         if kind == "isometry":
             self.head: nn.Module = IsometryHead(d_h, d_v, None if init is None else
-                                                (init[0] if isinstance(init, tuple) else init))
+                                                (init[0] if isinstance(init, tuple) else init),
+                                                impl=orth_impl)
         elif kind == "linear":
             self.head = LinearHead(d_h, d_v, init)
         elif kind == "mlp":
             self.head = MLPHead(d_h, d_v, hidden or 2 * max(d_h, d_v), init)
         else:
             raise ValueError(f"head kind must be isometry, linear or mlp; got {kind!r}")
-        self.orth = OrthogonalLayer(d_v) if n_classes else None
+        self.orth = OrthogonalLayer(d_v, impl=orth_impl) if n_classes else None
         self.fc = nn.Linear(d_v, n_classes, bias=False) if n_classes else None
 
     def embed(self, h: Tensor) -> Tensor:  # (B, d_h) -> (B, d_v)
@@ -188,7 +254,8 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
     d_h, d_p = H.shape[1], G.shape[1]
     use_labels = labels is not None and prototypes is not None and bool(np.any(labels >= 0))
     n_classes = int(prototypes.shape[0]) if use_labels else 0  # type: ignore[union-attr]
-    model = HeadModel(kind, d_h, d_v, n_classes=n_classes, hidden=cfg.hidden, init=init).to(device)
+    model = HeadModel(kind, d_h, d_v, n_classes=n_classes, hidden=cfg.hidden, init=init,
+                      orth_impl=cfg.orth_impl).to(device)
     pair_loss = PairAlignLoss(d_p, w_cos=cfg.w_pair, w_nce=cfg.w_nce, tau=cfg.temperature).to(device)
     oca_loss = None
     if use_labels:
@@ -223,8 +290,10 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            retract_all(model)
             parts["loss"] = float(loss.detach())
             bar.update(1, loss=parts["loss"])
+    project_all(model)
     model.eval()
     return model.cpu(), {k: round(v, 6) for k, v in parts.items()}
 

@@ -24,20 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from .adapters import OrthogonalLayer
+from .adapters import OrthogonalLayer, retract_all
 from .config import BackboneConfig, resolve_device
-from .losses import BCTLoss, OCALoss
+from .losses import BCTLoss, OCALoss, PairAlignLoss
 from .progress import Progress
 
 
 class CompatModel(nn.Module):
     """``backbone -> f (B, d_out) -> h_new = normalize(f) -> [T⊥] -> classifier``."""
 
-    def __init__(self, backbone: nn.Module, d_out: int, num_classes: int, method: str) -> None:
+    def __init__(self, backbone: nn.Module, d_out: int, num_classes: int, method: str, *,
+                 orth_impl: str = "param") -> None:
         super().__init__()
         self.backbone = backbone
         self.d_out, self.num_classes, self.method = int(d_out), int(num_classes), method
-        self.orth = OrthogonalLayer(d_out) if method == "oca" else None
+        self.orth_impl = orth_impl
+        self.orth = OrthogonalLayer(d_out, impl=orth_impl) if method == "oca" else None
         self.fc = nn.Linear(d_out, num_classes, bias=False)
 
     def embed(self, x: Tensor) -> Tensor:  # (B, ...) -> (B, d_out), unit rows
@@ -118,7 +120,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: CompatModel, opt: torch
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "model_args": {"d_out": model.d_out, "num_classes": model.num_classes, "method": model.method,
-                       "d_parent": cfg.d_parent,
+                       "orth_impl": model.orth_impl, "d_parent": cfg.d_parent,
                        "backbone": f"{type(model.backbone).__module__}.{type(model.backbone).__qualname__}"},
         "config": cfg.to_dict(),
         "step": step,
@@ -138,14 +140,15 @@ def load_checkpoint(path: str | os.PathLike[str], backbone: nn.Module, *, map_lo
     """Rebuild a :class:`CompatModel` around ``backbone`` from a checkpoint (its own config)."""
     ck = torch.load(path, map_location=map_location, weights_only=False)
     a = ck["model_args"]
-    model = CompatModel(backbone, a["d_out"], a["num_classes"], a["method"])
+    model = CompatModel(backbone, a["d_out"], a["num_classes"], a["method"], orth_impl=a.get("orth_impl", "param"))
     model.load_state_dict(ck["model"])
     model.eval()
     return model, ck
 
 
 def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfig,
-                   prototypes: np.ndarray | None = None, d_out: int | None = None,
+                   prototypes: np.ndarray | None = None, old_vectors: np.ndarray | None = None,
+                   d_out: int | None = None,
                    checkpoint: str | os.PathLike[str] | None = None, resume: bool = True,
                    stop_at: int | None = None) -> TrainResult:
     """Train ``backbone`` (emitting ``(B, d_out)`` features, ``d_out = d_parent + delta``).
@@ -161,6 +164,11 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
     prototypes:
         ``(C, d_parent)`` old-space class prototypes (stored-gallery class means, or
         :func:`prototypes_from_model`); NaN rows for classes without one. Needed by oca/bct.
+    old_vectors:
+        ``(n, d_parent)`` stored parent vectors of the training items themselves (when the
+        training set is the stored gallery): adds the pair term ``w_pair (1 - cos) + w_nce
+        InfoNCE`` between each prefix ``h[:, :d_parent]`` and its own old vector (BT²'s
+        ``1 - <phi_old(x), h_bct>`` plus in-batch negatives).
     d_out:
         The backbone's output dim (default: probed with one batch).
     checkpoint:
@@ -190,7 +198,7 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
     if d_out is None:
         with torch.no_grad():
             d_out = int(backbone(Xt[:2]).shape[1])
-    model = CompatModel(backbone, d_out, C, cfg.method).to(device)
+    model = CompatModel(backbone, d_out, C, cfg.method, orth_impl=cfg.orth_impl).to(device)
     loss_fn: nn.Module | None = None
     if cfg.method == "oca":
         has = torch.as_tensor(~np.isnan(P).any(1))
@@ -200,6 +208,13 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
         has = torch.as_tensor(~np.isnan(P).any(1))
         loss_fn = BCTLoss(torch.as_tensor(np.nan_to_num(P)), has, alpha=cfg.bct_alpha,
                           label_smoothing=cfg.label_smoothing).to(device)
+    pair_fn: PairAlignLoss | None = None
+    Gt: Tensor | None = None
+    if old_vectors is not None:
+        Gt = torch.as_tensor(np.asarray(old_vectors, dtype=np.float32))
+        if Gt.ndim != 2 or len(Gt) != n or (cfg.d_parent and Gt.shape[1] != cfg.d_parent):
+            raise InvalidInputError(f"`old_vectors` must be ({n}, {cfg.d_parent or 'd_parent'}); got {tuple(Gt.shape)}")
+        pair_fn = PairAlignLoss(Gt.shape[1], w_cos=cfg.w_pair, w_nce=cfg.w_nce, tau=cfg.temperature).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, n)
     per_epoch = math.ceil(n / bs)
@@ -232,9 +247,14 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                 parts = {"ce": float(loss.detach())}
             else:
                 loss, parts = loss_fn(logits, h, yb)
+            if pair_fn is not None and Gt is not None:
+                lp, pp = pair_fn(h, Gt[idx].to(device))
+                loss = loss + lp
+                parts = {**parts, **pp}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            retract_all(model)
             step += 1
             rec = {"step": step, "loss": float(loss.detach()), **parts}
             history.append(rec)

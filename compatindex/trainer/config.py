@@ -74,6 +74,9 @@ class TrainConfig(_DictMixin):
     oca_head: str = "isometry"
     """``isometry`` (semi-orthogonal map, new/new preserved exactly; stored as ``Q``),
     ``linear`` or ``mlp`` (stored as a head followed by ``normalize``)."""
+    orth_impl: str = "auto"
+    """Orthogonal layers: ``param`` (torch parametrizations.orthogonal), ``retract`` (Newton-Schulz
+    retraction after each step, exact polar projection at the end) or ``auto`` (param up to 128 dims)."""
     w_ce: float = 5.0
     w_bct: float = 10.0
     w_cos: float = 5.0
@@ -123,11 +126,17 @@ class BackboneConfig(_DictMixin):
     w_ce: float = 5.0
     w_bct: float = 10.0
     w_cos: float = 5.0
+    w_pair: float = 5.0
+    """Pair term weights, used only when ``old_vectors`` are given to ``train_backbone``."""
+    w_nce: float = 1.0
+    temperature: float = 0.05
     bct_alpha: float = 1.0
     """Weight of the influence loss in the BCT recipe (CE + alpha * CE(phi P^T))."""
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
+    orth_impl: str = "auto"
+    """OCA's ``T⊥``: ``param``, ``retract`` or ``auto`` (see :class:`TrainConfig`)."""
     checkpoint_every: int = 0
     """Save a checkpoint every N steps (0: only at the end), when a path is given."""
     extra: dict[str, Any] = field(default_factory=dict)

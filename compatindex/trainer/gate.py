@@ -110,7 +110,8 @@ def label_gate(Z: np.ndarray, G: np.ndarray, labels: np.ndarray, *, H_new: np.nd
         out["raw_new_new"] = ev.cmc_map(H_new[m], H_new[m], y, y, **kw)
     no, oo = out["new_old"][metric], out["old_old"][metric]
     out["metric"] = metric
-    out["passed"] = ev.empirical_compatibility(no, oo)
+    # a tie at a perfect score (an easy held-out set) is not a failure
+    out["passed"] = ev.empirical_compatibility(no, oo) or (no >= 1.0 and oo >= 1.0)
     out["reasons"] = [] if out["passed"] else [
         f"M(new, old) <= M(old, old) on held-out labels ({metric} {no:.4f} <= {oo:.4f}): v2 queries "
         "would find old items worse than v1 queries do"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import eval as ev
-from ..errors import IncompatibleVersionError, InvalidInputError
+from ..errors import IncompatibleVersionError, InvalidInputError, VersionExistsError
 from ..heads import apply_head
 from . import closed_form as cf
 from .config import TrainConfig
@@ -65,7 +65,8 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int) 
         W, b = cf.fit_affine(Hn, G, ridge=cfg.ridge)
         lin = {"kind": "linear", "in_dim": d_h, "out_dim": d_parent, "W": W, "b": b}
         spec = {"kind": "chain", "steps": [s for s in (pre, lin, {"kind": "normalize"}) if s is not None]}
-        return {"extension": None, "head": spec, "dim": d_parent, "raw_dim": d_h, "info": {"dim": d_parent}}
+        return {"extension": None, "head": spec, "dim": d_parent, "raw_dim": d_h,
+                "info": {"dim": d_parent, "note": "query adapter: no extra dims, new/new not preserved"}}
     from .adapters import export_head, fit_head  # torch only when needed
 
     if method == "mlp":
@@ -204,7 +205,8 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
         ``n`` external ids of items that hold a vector of ``parent``.
     method:
         ``auto`` (default: isometric, procrustes and oca, best on held-out pairs), ``isometric``,
-        ``procrustes``, ``oca``, ``affine`` or ``mlp``.
+        ``procrustes``, ``oca``, ``affine`` or ``mlp``. With ``config`` given, the default
+        ``"auto"`` keeps ``config.method``.
     parent:
         Version to stay compatible with (default: the latest).
     name:
@@ -227,15 +229,22 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
         The registered :class:`compatindex.Version` (None when refused), and the report
         (candidates, gate, data), also stored with the version.
     """
-    cfg = replace(config or TrainConfig(), method=method, **({"extra_dims": extra_dims} if extra_dims is not None
-                                                              else {}), **overrides)
+    base = config or TrainConfig()
+    if config is None or method != "auto":  # an explicit method wins over the config's
+        overrides["method"] = method
+    if extra_dims is not None:
+        overrides["extra_dims"] = extra_dims
+    cfg = replace(base, **overrides)
     parent_v = index.version(parent) if parent is not None else index.latest
+    taken = {v.name for v in index.versions()}
     if name is None:
-        taken = {v.name for v in index.versions()}
         k = len(taken) + 1
         while f"v{k}" in taken:
             k += 1
         name = f"v{k}"
+    elif name in taken:  # fail before training, not after
+        raise VersionExistsError(f"`name` {name!r} is already a version of this index",
+                                 hint="pick another --name / name=")
     data = load_pairs(index, new_raw_vectors, ids, parent=parent_v.name, use_labels=use_labels, seed=cfg.seed)
     t0 = time.perf_counter()
     fit, report = fit_upgrade(data, d_parent=parent_v.dim, config=cfg)
