@@ -72,10 +72,14 @@ def pairs_gate(Z: np.ndarray, Z_shuffled: np.ndarray, H_raw: np.ndarray, G_own: 
     raw = alignment(H_raw, G_own, distractors)
     z_shuf = sign_test(r_fit, r_shuf)
     reasons = []
-    if not (fit["mrr"] > shuf["mrr"] + margin and z_shuf >= Z_MIN):
+    # Absolute MRR is tiny when the gallery holds many near-duplicates of an item (class-trained
+    # models, large galleries), so a clear relative win also counts; the sign test must agree.
+    better = fit["mrr"] > shuf["mrr"] + margin or fit["mrr"] > 2.0 * shuf["mrr"] > 0
+    if not (better and z_shuf >= Z_MIN):
         reasons.append(
             f"held-out alignment is no better than the same fit on shuffled pairs (MRR {fit['mrr']:.4f} vs "
-            f"{shuf['mrr']:.4f}, sign-test z={z_shuf:.2f} < {Z_MIN}): are the new vectors joined to the "
+            f"{shuf['mrr']:.4f}, sign-test z={z_shuf:.2f}; needed a margin of {margin} or twice the MRR, and "
+            f"z >= {Z_MIN}): are the new vectors joined to the "
             "right ids, and do they embed the same items?")
     if fit["mrr"] + margin < raw["mrr"]:
         reasons.append(f"the fitted map aligns worse than the untransformed vectors (MRR {fit['mrr']:.4f} vs "

@@ -1,0 +1,89 @@
+"""Torch heads: orthogonality, exact isometry, export to head specs that numpy applies identically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import unit
+
+from compatindex.heads import apply_head, validate_head
+from compatindex.trainer.adapters import (HeadModel, OrthogonalLayer, embed_numpy, export_head, fit_head,
+                                         project_all, retract_all)
+from compatindex.trainer.closed_form import fit_isometric
+from compatindex.trainer.config import TrainConfig
+from compatindex.trainer.data import pairs_from_arrays
+from compatindex.trainer.upgrade import to_space
+
+
+@pytest.mark.parametrize("impl", ["param", "retract"])
+def test_orthogonal_layer_weight_is_orthogonal_and_keeps_geometry(impl):
+    torch.manual_seed(0)
+    layer = OrthogonalLayer(6, impl=impl)
+    W = layer.lin.weight.detach().double()
+    assert torch.allclose(W.T @ W, torch.eye(6, dtype=torch.float64), atol=1e-5)
+    a, c = torch.randn(3, 6), torch.randn(3, 6)
+    b = layer.lin.bias
+    lhs = ((layer(a) - b) * (layer(c) - b)).sum(1)
+    assert torch.allclose(lhs, (a * c).sum(1), atol=1e-5)
+
+
+def test_retraction_keeps_weight_orthonormal_through_updates():
+    torch.manual_seed(0)
+    head = HeadModel("isometry", 40, 48, orth_impl="retract")
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    x = torch.randn(64, 40)
+    for _ in range(50):
+        loss = -head.embed(x)[:, :8].sum()  # pulls the map away from orthonormal
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        retract_all(head)
+    W = head.head.matrix()
+    assert np.abs(W.T @ W - np.eye(40)).max() < 1e-2  # near: one Newton-Schulz step per update
+    project_all(head)
+    W = head.head.matrix()
+    assert np.abs(W.T @ W - np.eye(40)).max() < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["param", "retract"])
+def test_isometry_head_preserves_new_new_after_training(synth, impl):
+    H = unit(synth.H)
+    y = synth.y.astype(np.int64)
+    data = pairs_from_arrays(synth.H, synth.G, y)
+    Q0, info = fit_isometric(H, synth.G, extra_dims=8)
+    cfg = TrainConfig(steps=20, batch_size=128, quiet=True, orth_impl=impl)
+    model, hist = fit_head("isometry", H, synth.G, d_v=info["dim"], cfg=cfg, labels=data.labels,
+                           prototypes=data.prototypes, init=Q0[:, : H.shape[1]])
+    assert {"ce", "bct", "cos", "pair_cos", "loss"} <= set(hist)
+    Z = embed_numpy(model, H)
+    np.testing.assert_allclose(Z @ Z.T, H @ H.T, atol=2e-5)
+    out = export_head(model)
+    Q = out["extension"]
+    assert np.abs(Q.T.astype(np.float64) @ Q - np.eye(Q.shape[0])).max() < 1e-5
+    np.testing.assert_allclose(to_space(out, synth.H), Z, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_exported_heads_match_torch(synth, kind):
+    H = unit(synth.H)
+    torch.manual_seed(0)
+    model = HeadModel(kind, H.shape[1], 20, hidden=16)
+    with torch.no_grad():  # move the zero-initialized last layer so the MLP branch matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = export_head(model)
+    validate_head(out["head"])
+    assert out["extension"] is None and out["dim"] == 20 and out["raw_dim"] == H.shape[1]
+    np.testing.assert_allclose(apply_head(out["head"], synth.H), embed_numpy(model, H), atol=1e-5)
+
+
+def test_sum_head_kind():
+    x = np.ones((2, 3), np.float32)
+    spec = {"kind": "sum", "branches": [{"kind": "linear", "W": np.eye(3), "b": None},
+                                        {"kind": "linear", "W": 2 * np.eye(3), "b": np.ones(3)}]}
+    assert validate_head(spec) == (3, 3)
+    np.testing.assert_allclose(apply_head(spec, x), 4 * x)
+    with pytest.raises(ValueError):
+        validate_head({"kind": "sum", "branches": [{"kind": "linear", "W": np.eye(3)},
+                                                   {"kind": "linear", "W": np.ones((2, 3))}]})
