@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import unit
+from trainer_testkit import unit
 
 from compatindex.heads import apply_head, validate_head
 from compatindex.trainer.adapters import (HeadModel, OrthogonalLayer, embed_numpy, export_head, fit_head,

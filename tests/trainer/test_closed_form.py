@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_orthogonal, unit
+from trainer_testkit import random_orthogonal, unit
 
 from compatindex.errors import InvalidInputError
 from compatindex.trainer import closed_form as cf

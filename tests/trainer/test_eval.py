@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import unit
+from trainer_testkit import unit
 from sklearn.metrics import average_precision_score
 
 from compatindex import eval as ev

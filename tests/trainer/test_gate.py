@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_synthetic
+from trainer_testkit import make_synthetic
 
 from compatindex.trainer import TrainConfig, fit_upgrade, pairs_from_arrays
 from compatindex.trainer.gate import label_gate, sign_test

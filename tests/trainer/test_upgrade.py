@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_synthetic, unit
+from trainer_testkit import make_synthetic, unit
 from typer.testing import CliRunner
 
 import compatindex
