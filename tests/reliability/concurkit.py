@@ -76,7 +76,11 @@ def writer_main(path: str, log_path: str, seconds: float, deletes: bool, seed: i
             ix.delete(ids)
             log.write({"t": "ack", "op": "delete", "seq": None})
             batches.remove(b)
-        time.sleep(rng.uniform(0.0, 0.02))
+        n_calls = getattr(writer_main, "_calls", 0) + 1
+        writer_main._calls = n_calls  # type: ignore[attr-defined]
+        # Mostly back-to-back writes, with a quiet second now and then, so that readers on a
+        # loaded machine also get stable snapshots to check against brute force.
+        time.sleep(1.0 if n_calls % 15 == 0 else rng.uniform(0.0, 0.02))
     ix.close()
     log.write({"t": "done"})
 

@@ -70,7 +70,8 @@ def run_session(tmp_path, seconds: float, deletes: bool, n_readers: int = 3) -> 
     for res in results:
         assert res["errors"] == [], res["errors"][0]
         assert res["violations"] == [], res["violations"][:5]
-        assert res["searches"] > 0 and res["stable_snapshots_checked"] > 0, res
+        assert res["searches"] > 0, res
+    assert sum(res["stable_snapshots_checked"] for res in results) > 0, results
     # nothing the writer (or the waiter) acknowledged is missing; nothing else is there
     acked, pending, finished = crashkit.read_log(log)
     assert finished and pending is None
