@@ -285,12 +285,11 @@ class FaissShard:
         """
         folder.mkdir(parents=True, exist_ok=True)
         idx = self.staging if self.staging is not None else self.index
-        data = faiss.serialize_index(idx)
-        blob = data.tobytes()
-        _atomic_write(folder / f"{name}.faiss", blob)
+        data = faiss.serialize_index(idx)  # (n_bytes,) uint8; written without another copy
+        _atomic_write(folder / f"{name}.faiss", memoryview(data))
         meta = {
             "seq": int(seq), "dim": self.dim, "spec": self.spec.to_dict(), "ntotal": self.ntotal,
-            "trained": self.staging is None, "crc32": zlib.crc32(blob), "bytes": len(blob),
+            "trained": self.staging is None, "crc32": zlib.crc32(memoryview(data)), "bytes": int(data.nbytes),
             "tombstones": sorted(self.tombstones),
         }
         _atomic_write(folder / f"{name}.json", json.dumps(meta).encode())
@@ -308,11 +307,17 @@ class FaissShard:
             raise ValueError(f"shard manifest unreadable: {exc}") from None
         if meta.get("dim") != dim or meta.get("spec") != spec.to_dict():
             raise ValueError("shard manifest does not match the version (dim or shard spec changed)")
-        blob = idx_path.read_bytes()
-        if len(blob) != meta.get("bytes") or zlib.crc32(blob) != meta.get("crc32"):
+        # Stream the checksum, then let faiss read the file itself: holding the whole file as
+        # bytes next to the index it becomes would double the peak memory of an open.
+        crc, size = 0, 0
+        with open(idx_path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+        if size != meta.get("bytes") or crc != meta.get("crc32"):
             raise ValueError("shard file is truncated or its checksum does not match")
         try:
-            idx = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+            idx = faiss.read_index(str(idx_path))
         except Exception as exc:  # faiss raises RuntimeError on garbage
             raise ValueError(f"faiss cannot read the shard: {exc}") from None
         shard = cls(dim, spec)
@@ -332,7 +337,7 @@ class FaissShard:
         return shard
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | memoryview) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
