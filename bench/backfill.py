@@ -80,7 +80,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     P = gallery_prototypes(ix0, "v1", 10)
     ix0.close()
     new = train_model("oca", s, data, method="oca", classes=10, d_out=D_OLD + DELTA, d_parent=D_OLD, prototypes=P)
-    ps = np.array([0.0, 0.25, 0.5, 0.75, 1.0] if quick else [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ps = np.array([0.0, 0.25, 0.5, 0.75, 1.0] if quick else np.round(np.linspace(0.0, 1.0, 11), 1))
     n_map = min(len(yq), 500 if quick else 1000)
     ends: dict[tuple[float, str], dict[str, float]] = {}  # p = 0 and p = 1 are the same in every order
     rng = np.random.default_rng(s.seed + 2)
