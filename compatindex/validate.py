@@ -68,13 +68,18 @@ def normalize_rows(x: np.ndarray, *, metric: Metric, param: str = "vectors") -> 
     """
     if metric is not Metric.COSINE:
         return x
-    norms = np.linalg.norm(x.astype(np.float64), axis=1)
-    zero = np.flatnonzero(norms < 1e-30)
+    # float32 math, but scaled by the row max first so that tiny or huge rows neither
+    # underflow nor overflow when squared
+    scale = np.abs(x).max(axis=1)
+    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    y = x / safe[:, None]
+    norms = np.sqrt(np.einsum("ij,ij->i", y, y)) * safe
+    zero = np.flatnonzero((scale == 0) | (norms < 1e-30))
     if zero.size:
         raise InvalidInputError(
             f"`{param}` row {int(zero[0])} is a zero vector, which has no direction under the cosine metric"
         )
-    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+    return np.ascontiguousarray(y / (norms / safe)[:, None], dtype=np.float32)
 
 
 def id_kind(value: Any) -> str:

@@ -285,11 +285,21 @@ class FaissShard:
         """
         folder.mkdir(parents=True, exist_ok=True)
         idx = self.staging if self.staging is not None else self.index
-        data = faiss.serialize_index(idx)  # (n_bytes,) uint8; written without another copy
-        _atomic_write(folder / f"{name}.faiss", memoryview(data))
+        final = folder / f"{name}.faiss"
+        tmp = final.with_name(final.name + ".tmp")
+        try:
+            faiss.write_index(idx, str(tmp))  # faiss's own writer: no in-memory copy of the index
+        except RuntimeError as exc:  # faiss reports a full disk as RuntimeError: keep it an OSError
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"could not write shard {final}: {exc}") from None
+        crc, size = _file_crc(tmp)  # read back from the page cache, then made durable
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(folder)
         meta = {
             "seq": int(seq), "dim": self.dim, "spec": self.spec.to_dict(), "ntotal": self.ntotal,
-            "trained": self.staging is None, "crc32": zlib.crc32(memoryview(data)), "bytes": int(data.nbytes),
+            "trained": self.staging is None, "crc32": crc, "bytes": size,
             "tombstones": sorted(self.tombstones),
         }
         _atomic_write(folder / f"{name}.json", json.dumps(meta).encode())
@@ -309,11 +319,7 @@ class FaissShard:
             raise ValueError("shard manifest does not match the version (dim or shard spec changed)")
         # Stream the checksum, then let faiss read the file itself: holding the whole file as
         # bytes next to the index it becomes would double the peak memory of an open.
-        crc, size = 0, 0
-        with open(idx_path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                crc = zlib.crc32(chunk, crc)
-                size += len(chunk)
+        crc, size = _file_crc(idx_path)
         if size != meta.get("bytes") or crc != meta.get("crc32"):
             raise ValueError("shard file is truncated or its checksum does not match")
         try:
@@ -335,6 +341,24 @@ class FaissShard:
         if shard.ntotal != meta.get("ntotal"):
             raise ValueError("shard holds a different number of vectors than its manifest says")
         return shard
+
+
+def _file_crc(path: Path) -> tuple[int, int]:
+    """CRC-32 and size of a file, streamed in 16 MiB pieces."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return crc, size
+
+
+def _fsync_dir(folder: Path) -> None:
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _atomic_write(path: Path, data: bytes | memoryview) -> None:
