@@ -23,16 +23,18 @@ import typer
 import compatindex
 from compatindex.errors import CompatIndexError
 
-from ._io import InputFileError, VectorSource
+from ._io import UserError, VectorSource
 
 __all__ = [
     "Quiet",
     "Json",
     "BatchSize",
     "CliError",
+    "IndexArg",
     "cli_errors",
     "progress",
     "open_index",
+    "is_url",
     "resolve_version",
     "check_vectors",
     "metric_name",
@@ -56,22 +58,18 @@ BatchSize = Annotated[
     int,
     typer.Option("--batch-size", callback=at_least_one, help="Rows per batch streamed through the index.", show_default=True),
 ]
+IndexArg = Annotated[
+    str,
+    typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False),
+]
 LockTimeout = Annotated[
     float,
     typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for another writer to close the index."),
 ]
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user error the CLI itself detects (not a file and not a library error)."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
 
 
 def say(message: str) -> None:
@@ -95,7 +93,7 @@ def cli_errors() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
-    except (CompatIndexError, InputFileError, CliError) as exc:
+    except (CompatIndexError, UserError) as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None

@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "InputFileError",
+    "UserError",
     "VectorSource",
     "open_vectors",
     "read_keys",
@@ -34,8 +35,8 @@ _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _DEFAULT_VECTOR_COLUMNS = ("vector", "embedding", "emb", "vectors", "embeddings")
 
 
-class InputFileError(Exception):
-    """An input file that cannot be used: missing, unreadable, of a bad format or content.
+class UserError(Exception):
+    """A user error the CLI detects itself; printed as one line, exit 1.
 
     Parameters
     ----------
@@ -52,6 +53,10 @@ class InputFileError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class InputFileError(UserError):
+    """An input file that cannot be used: missing, unreadable, of a bad format or content."""
 
 
 def _check_file(path: Path, param: str, suffixes: tuple[str, ...]) -> str:

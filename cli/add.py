@@ -24,6 +24,7 @@ from ._common import (
     resolve_version,
     say,
     to_jsonable,
+    IndexArg,
 )
 from ._io import InputFileError, check_unique, open_vectors, read_keys
 
@@ -70,7 +71,7 @@ def check_length(keys: Any, n: int, *, param: str, spec: str, vectors: Path) -> 
 
 
 def add(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help="Vectors: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
     ids: IdsOpt = None,
     version: VersionOpt = None,

@@ -22,6 +22,7 @@ from ._common import (
     open_index,
     progress,
     say,
+    IndexArg,
 )
 from ._io import check_unique, open_vectors, read_keys
 from .add import ColumnOpt, RawOpt, check_length
@@ -34,7 +35,7 @@ Examples:
 
 
 def backfill(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help="Vectors: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
     ids: Annotated[
         str,
@@ -48,8 +49,7 @@ def backfill(
     ] = False,
     column: ColumnOpt = None,
     batch_size: BatchSize = DEFAULT_BATCH,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0.0,
-                                                help="Seconds to wait for another writer.")] = 0.0,
+    lock_timeout: LockTimeout = 0.0,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 
-from ._common import CliError, Json, LockTimeout, Quiet, cli_errors, dumps, fmt_ids, open_index, say
+from ._common import CliError, IndexArg, Json, LockTimeout, Quiet, cli_errors, dumps, fmt_ids, open_index, say
 from ._io import check_unique, read_keys
 
 EXAMPLES = """\b
@@ -19,7 +18,7 @@ Examples:
 
 
 def delete(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     ids: Annotated[str, typer.Option("--ids", help="Ids to remove: .npy or .txt (one per line).",
                                      show_default=False)],
     lock_timeout: LockTimeout = 0.0,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from ._common import Json, Quiet, cli_errors, dumps, open_index, to_jsonable
+from ._common import IndexArg, Json, Quiet, cli_errors, dumps, is_url, open_index, to_jsonable
 
 EXAMPLES = """\b
 Examples:
@@ -53,7 +53,7 @@ def _lines(obj: Any, indent: int = 0) -> list[str]:
 
 
 def info(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -65,7 +65,7 @@ def info(
             body: dict[str, Any] = {"index": str(index), "items": int(ix.count),
                                     "latest": ix.latest.name if ix.versions() else None}
         body.update(stats if isinstance(stats, dict) else {"stats": stats})
-        body.setdefault("disk_bytes", 0 if str(index).startswith(("qdrant://", "qdrant+local://")) else _disk_bytes(Path(index)))
+        body.setdefault("disk_bytes", 0 if is_url(index) else _disk_bytes(Path(index)))
     if json_out:
         typer.echo(dumps(body))
     else:

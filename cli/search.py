@@ -19,6 +19,7 @@ from ._common import (
     progress,
     resolve_version,
     to_jsonable,
+    IndexArg,
 )
 from ._io import open_vectors
 
@@ -36,7 +37,7 @@ class ScoreChoice(str, Enum):
 
 
 def search(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     queries: Annotated[Path, typer.Argument(metavar="QUERIES", help="Queries: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--k", callback=at_least_one, help="Hits per query (>= 1).")] = 10,
     version: Annotated[

@@ -14,7 +14,17 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ._common import CliError, Json, Quiet, cli_errors, dumps, open_index, out_console, say
+from ._common import (
+    CliError,
+    Json,
+    LockTimeout,
+    Quiet,
+    cli_errors,
+    dumps,
+    open_index,
+    out_console,
+    say,
+)
 from ._io import check_unique, open_vectors, read_keys
 from .add import ColumnOpt, check_length
 
@@ -110,8 +120,7 @@ def upgrade(
     steps: Annotated[int | None, typer.Option("--steps", min=0, help="Training steps of torch heads.",
                                               show_default=False)] = None,
     column: ColumnOpt = None,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0.0,
-                                                help="Seconds to wait for another writer.")] = 0.0,
+    lock_timeout: LockTimeout = 0.0,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:

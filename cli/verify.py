@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from ._common import Json, Quiet, cli_errors, dumps, open_index
+from ._common import IndexArg, Json, Quiet, cli_errors, dumps, open_index
 
 EXAMPLES = """\b
 Examples:
@@ -16,7 +14,7 @@ Examples:
 
 
 def verify(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import typer
 
-from ._common import Json, Quiet, cli_errors, dumps, metric_name, open_index, out_console
+from ._common import IndexArg, Json, Quiet, cli_errors, dumps, metric_name, open_index, out_console
 
 EXAMPLES = """\b
 Examples:
@@ -58,7 +57,7 @@ def describe(ix: Any, v: Any) -> dict[str, Any]:
 
 
 def versions(
-    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False)],
+    index: IndexArg,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
