@@ -66,7 +66,7 @@ def pairs_gate(Z: np.ndarray, Z_shuffled: np.ndarray, H_raw: np.ndarray, G_own: 
         Stored parent vectors of the held-out items, and of other items.
     """
     gal = G_own if distractors is None or len(distractors) == 0 else np.vstack([G_own, distractors])
-    r_fit, r_shuf, r_raw = _ranks(Z, gal), _ranks(Z_shuffled, gal), _ranks(H_raw, gal)
+    r_fit, r_shuf = _ranks(Z, gal), _ranks(Z_shuffled, gal)
     fit = alignment(Z, G_own, distractors)
     shuf = alignment(Z_shuffled, G_own, distractors)
     raw = alignment(H_raw, G_own, distractors)
