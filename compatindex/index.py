@@ -33,12 +33,23 @@ from .errors import (
 from .heads import validate_head
 from .lock import WriterLock
 from .metrics import Metric, normalize_metric, normalize_score
-from .packing import pack_head, pack_tree, unpack_head
+from .packing import unpack_head
 from .shards import ShardSet, ShardSpec
-from .shards.shard_set import MAX_VERSIONS, resolve_device
+from .shards.shard_set import resolve_device
 from .store import FORMAT_VERSION, LmdbStore
 from .types import AddResult, ItemBatch, SearchResult, Version
-from .validate import as_dim, as_ids, as_k, as_labels, as_matrix, as_metadata, as_name, normalize_rows
+from .validate import (
+    as_dim,
+    as_ids,
+    as_k,
+    as_labels,
+    as_matrix,
+    as_metadata,
+    as_name,
+    as_sample,
+    normalize_rows,
+    sample_rows,
+)
 
 log = logging.getLogger("compatindex")
 
@@ -311,18 +322,8 @@ class Index:
                                  extension=Q, head=head, report=report or {}, config=config or {})
 
     def _put_version(self, **kw: Any) -> Version:
-        if len(self._versions) >= MAX_VERSIONS:
-            raise InvalidInputError(f"an index holds at most {MAX_VERSIONS} versions")
-        code = max((v.code for v in self._versions.values()), default=-1) + 1
-        now = time.time()
-        Q = kw["extension"]
-        record = {
-            "name": kw["name"], "code": code, "dim": kw["dim"], "metric": kw["metric"].value,
-            "parent": kw["parent"], "raw_dim": kw["raw_dim"],
-            "extension": None if Q is None else np.ascontiguousarray(Q, dtype="<f8").tobytes(),
-            "head": pack_head(kw["head"]), "report": pack_tree(kw["report"]), "config": pack_tree(kw["config"]),
-            "created_at": now,
-        }
+        record = V.version_record(self._versions, **kw)
+        code = record["code"]
 
         def fn(w):
             if w.txn.get(kw["name"].encode(), db=w.s.db["versions"]) is not None:
@@ -576,22 +577,16 @@ class Index:
             with self.store.read() as r:
                 labels = r.labels(r.lookup(ids_l).tolist())
             return ItemBatch(list(ids_l), x, labels, v.name)
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise InvalidInputError(f"`limit` must be an int >= 1; got {limit!r}")
-        try:
-            pick_rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"`seed` must be None or an int >= 0; got {seed!r} ({exc})") from None
+        limit, rng = as_sample(limit, seed)
         with self.store.read() as r:
             parts = list(self.store.iter_live(v.code, v.dim, reader=r))
             iids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
             x = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, v.dim), np.float32)
             order = np.argsort(iids, kind="stable")
             iids, x = iids[order], x[order]
-            if limit is not None:
-                if limit < len(iids):
-                    pick = np.sort(pick_rng.choice(len(iids), size=limit, replace=False))
-                    iids, x = iids[pick], x[pick]
+            pick = sample_rows(len(iids), limit, rng)
+            if pick is not None:
+                iids, x = iids[pick], x[pick]
             ext = r.external(iids.tolist())
             labels = r.labels(iids.tolist())
         return ItemBatch(ext, x, labels, v.name)

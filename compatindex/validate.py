@@ -223,3 +223,21 @@ def as_dim(dim: Any, *, param: str = "dim") -> int:
 def check_unique(values: Sequence[Any], *, param: str) -> None:
     if len(set(values)) != len(values):
         raise DuplicateIdError(f"`{param}` repeats values")
+
+
+def as_sample(limit: Any, seed: Any) -> tuple[int | None, np.random.Generator]:
+    """Check a random draw's ``limit`` (an int >= 1, or None for all) and ``seed``."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InvalidInputError(f"`limit` must be an int >= 1; got {limit!r}")
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"`seed` must be None or an int >= 0; got {seed!r} ({exc})") from None
+    return limit, rng
+
+
+def sample_rows(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted row numbers of ``limit`` rows drawn from ``n``, or None when all ``n`` are kept."""
+    if limit is None or limit >= n:
+        return None
+    return np.sort(rng.choice(n, size=limit, replace=False))

@@ -23,11 +23,9 @@ from .. import versions as V
 from ..errors import InvalidInputError, NotAnIndexError, UnknownIdError, VersionExistsError
 from ..index import Index
 from ..metrics import normalize_score
-from ..packing import pack_head, pack_tree
-from ..shards.shard_set import MAX_VERSIONS
 from ..store.lmdb_store import _duplicate
 from ..types import AddResult, ItemBatch, SearchResult, Version
-from ..validate import as_ids, as_k, as_labels, as_metadata
+from ..validate import as_ids, as_k, as_labels, as_metadata, as_sample, sample_rows
 from . import items, search
 from .errors import BackendError, BackendVersionError, MIN_SERVER, parse_version, require_client, retry, translate
 from .items import point_id
@@ -154,17 +152,7 @@ class QdrantIndex:
             raise VersionExistsError(f"the index already has root version {root.name!r}; `create_version` makes the root only")
         if kw["name"] in self._versions:
             raise VersionExistsError(f"`name` {kw['name']!r} is already a version of this index")
-        if len(self._versions) >= MAX_VERSIONS:
-            raise InvalidInputError(f"an index holds at most {MAX_VERSIONS} versions")
-        code = max((v.code for v in self._versions.values()), default=-1) + 1
-        Q = kw["extension"]
-        record = {
-            "name": kw["name"], "code": code, "dim": kw["dim"], "metric": kw["metric"].value,
-            "parent": kw["parent"], "raw_dim": kw["raw_dim"],
-            "extension": None if Q is None else np.ascontiguousarray(Q, dtype="<f8").tobytes(),
-            "head": pack_head(kw["head"]), "report": pack_tree(kw["report"]), "config": pack_tree(kw["config"]),
-            "created_at": kw.get("created_at") or time.time(), "created_seq": 0,
-        }
+        record = {**V.version_record(self._versions, **kw), "created_seq": 0}
         # The named vector first, the record second: a version exists once its record does, and
         # a retry after a failure in between finds the vector already there.
         params = self._call("get_collection", lambda: self._client.get_collection(self.collection)).config.params
@@ -337,15 +325,13 @@ class QdrantIndex:
             x = self.get_vectors(ids_l, version=v.name)
             found = self._retrieve([point_id(i) for i in ids_l], payload=["label"])
             return ItemBatch(list(ids_l), x, [(found[point_id(i)].payload or {}).get("label") for i in ids_l], v.name)
+        limit, rng = as_sample(limit, seed)
         rows = items.scan(self, version=v.name, payload=["ext", "label", "t"], vectors=[v.name])
         rows.sort(key=lambda r: (r.payload or {}).get("t", 0))
         x = np.asarray([r.vector[v.name] for r in rows], dtype=np.float32).reshape(len(rows), v.dim)
-        pick = np.arange(len(rows))
-        if limit is not None:
-            if not isinstance(limit, int) or limit < 1:
-                raise InvalidInputError(f"`limit` must be an int >= 1; got {limit!r}")
-            if limit < len(rows):
-                pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+        pick = sample_rows(len(rows), limit, rng)
+        if pick is None:
+            pick = np.arange(len(rows))
         sel = [rows[i] for i in pick.tolist()]
         return ItemBatch([r.payload["ext"] for r in sel], x[pick], [r.payload.get("label") for r in sel], v.name)
 
