@@ -91,6 +91,8 @@ class FaissShard:
         self.tombstones: set[int] = set()
         self.index = self._empty_index()
         self.staging = None  # untrained IVF: vectors wait in an exact flat index
+        # An upper bound of the ids held (a bitmap over ids must reach it); None: not known yet.
+        self._max_id: int | None = -1
         if spec.kind == "ivf":
             self.staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -139,6 +141,8 @@ class FaissShard:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(iids) == 0:
             return
+        if self._max_id is not None:
+            self._max_id = max(self._max_id, int(iids.max()))
         if self.tombstones and not self.tombstones.isdisjoint(iids.tolist()):
             # A tombstoned HNSW node still holds the old vector under this id: drop it first.
             self.compact()
@@ -266,7 +270,10 @@ class FaissShard:
         return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
     def _minus_tombstones(self, allowed: np.ndarray | None) -> np.ndarray:
-        top = max(max(self.tombstones), int(self.ids().max(initial=0))) + 1
+        # Only the tombstones are cleared; the bitmap must still reach every id the shard holds.
+        if self._max_id is None:
+            self._max_id = int(self.ids().max(initial=-1))
+        top = max(max(self.tombstones), self._max_id) + 1
         if allowed is None:
             bits = np.ones(top, dtype=bool)
         else:
@@ -337,6 +344,7 @@ class FaissShard:
             if spec.kind == "ivf":
                 faiss.downcast_index(idx).nprobe = spec.nprobe
         shard.tombstones = set(int(t) for t in meta.get("tombstones", []))
+        shard._max_id = None  # found on first need: most shards never need it
         shard.seq = int(meta["seq"])
         if shard.ntotal != meta.get("ntotal"):
             raise ValueError("shard holds a different number of vectors than its manifest says")
