@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import compatindex  # noqa: E402
-from compatindex._faiss import faiss  # noqa: E402
+from compatindex.embedded.faiss_import import faiss  # noqa: E402
 
 DIMS = (128, 160, 192)
 SHARE = (0.5, 0.3, 0.2)  # fraction of items stored in each version

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compatindex import eval as ev
+from compatindex import evaluation as ev
 
 from .common import RESULTS, Timer, cmc_from_hits, command_line, fmt, log, machine, md_table, png_name, search_ids, write_result
 from .fmnist import D_OLD, DELTA, fresh_index, gallery_prototypes, load_data, setup, train_model
@@ -63,7 +63,7 @@ def _chain(recipe: str, s: Any, data: dict[str, np.ndarray], plan: list[tuple], 
             if (i, j) == (Tn - 1, 0):
                 last_first_hits = hit
         ix.close()
-    # brute-force cross-check of the cell across most generations (compatindex.eval; queries != gallery)
+    # brute-force cross-check of the cell across most generations (compatindex.evaluation; queries != gallery)
     nb = min(1000, len(yq))
     cross = {"brute_force": ev.cmc_map(models[-1]["query"][:nb], models[0]["gallery"], yq[:nb], yg, topk=(1,))["top1"],
              "index_search": cmc_from_hits(yg[last_first_hits[:nb]], yq[:nb], ks=(1,))["top1"], "n_queries": nb}

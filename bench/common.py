@@ -140,7 +140,7 @@ def mean_ap(S: np.ndarray, rel: np.ndarray) -> np.ndarray:
     """Average precision of each row over the full ranking (ties broken like a stable argsort).
 
     ``S`` ``(nq, ng)`` scores, ``rel`` ``(nq, ng)`` bool. Uses sorts of the scores instead of an
-    argsort of the whole matrix (5-10x faster than ``compatindex.eval.cmc_map`` on 60k
+    argsort of the whole matrix (5-10x faster than ``compatindex.evaluation.cmc_map`` on 60k
     galleries; the two agree, tests/bench checks it).
     """
     out = np.zeros(len(S))
@@ -162,8 +162,8 @@ def mean_ap(S: np.ndarray, rel: np.ndarray) -> np.ndarray:
 def label_map(queries: np.ndarray, gallery: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray,
               *, score: str = "renorm", chunk: int = 512) -> float:
     """mAP of label retrieval over the full ranking (brute force, the cut-to-prefix similarity
-    of :func:`compatindex.eval.similarity`)."""
-    from compatindex.eval import similarity
+    of :func:`compatindex.evaluation.similarity`)."""
+    from compatindex.evaluation import similarity
 
     aps = []
     for s in range(0, len(queries), chunk):
@@ -202,7 +202,7 @@ def search_ids(index: Any, queries: np.ndarray, k: int, *, version: str, score: 
 
 def brute_topk(queries: np.ndarray, gallery: np.ndarray, k: int, *, score: str = "renorm") -> np.ndarray:
     """Top-k rows of ``gallery`` per query by brute force (cross-check of ``Index.search``)."""
-    from compatindex.eval import similarity
+    from compatindex.evaluation import similarity
 
     out = []
     for s in range(0, len(queries), 1024):

@@ -63,7 +63,7 @@ def setup(quick: bool) -> Setup:
 
 def load_data(s: Setup) -> dict[str, np.ndarray]:
     """Images as ``(n, 1, 28, 28)`` float32 (standardized) and labels; a seeded subset in quick mode."""
-    from compatindex.datasets import load_fashion_mnist
+    from bench.datasets import load_fashion_mnist
 
     xtr, ytr = load_fashion_mnist("train")
     xte, yte = load_fashion_mnist("test")

@@ -47,7 +47,7 @@ def main() -> None:
         out["gpu_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         out["cuda"] = False
-    from compatindex._faiss import faiss, num_gpus
+    from compatindex.embedded.faiss_import import faiss, num_gpus
 
     out["faiss"] = faiss.__version__
     out["faiss_gpus"] = num_gpus()

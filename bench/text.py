@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from compatindex import eval as ev
+from compatindex import evaluation as ev
 
 from .common import RESULTS, Timer, command_line, fmt, log, machine, md_table, png_name, search_ids, work_dir, write_result
 from .textdata import embed_cached, load_bbc, load_wordnet, relevant_sets

@@ -11,17 +11,17 @@ from importlib.metadata import PackageNotFoundError as _PNF
 from importlib.metadata import version as _version
 
 from . import errors as errors
-from ._faiss import faiss as _faiss_module  # noqa: F401  (import-time packaging checks)
+from .embedded.faiss_import import faiss as _faiss_module  # noqa: F401  (import-time packaging checks)
 from .errors import CompatIndexError as CompatIndexError
 from .index import Index as Index
 from .index import open as open
-from .metrics import Metric as Metric
-from .shards import ShardSpec as ShardSpec
-from .types import AddResult as AddResult
-from .types import Hit as Hit
-from .types import ItemBatch as ItemBatch
-from .types import SearchResult as SearchResult
-from .types import Version as Version
+from .core.scoring import Metric as Metric
+from .embedded.shards import ShardSpec as ShardSpec
+from .core.datatypes import AddResult as AddResult
+from .core.datatypes import Hit as Hit
+from .core.datatypes import ItemBatch as ItemBatch
+from .core.datatypes import SearchResult as SearchResult
+from .core.datatypes import Version as Version
 
 try:
     __version__ = _version("compatindex")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import versions as V
+from .core import versions as V
 from .errors import (
     CompatIndexError,
     CorruptIndexError,
@@ -30,15 +30,15 @@ from .errors import (
     UnknownIdError,
     VersionExistsError,
 )
-from .heads import validate_head
-from .lock import WriterLock
-from .metrics import Metric, normalize_metric, normalize_score
-from .packing import unpack_head
-from .shards import ShardSet, ShardSpec
-from .shards.shard_set import resolve_device
-from .store import FORMAT_VERSION, LmdbStore
-from .types import AddResult, ItemBatch, SearchResult, Version
-from .validate import (
+from .core.heads import validate_head
+from .embedded.lock import WriterLock
+from .core.scoring import Metric, normalize_metric, normalize_score
+from .core.packing import unpack_head
+from .embedded.shards import ShardSet, ShardSpec
+from .embedded.shards.shard_set import resolve_device
+from .embedded.store import FORMAT_VERSION, LmdbStore
+from .core.datatypes import AddResult, ItemBatch, SearchResult, Version
+from .core.validate import (
     as_dim,
     as_ids,
     as_k,
@@ -469,7 +469,7 @@ class Index:
         version:
             The queries' version (default: newest).
         score:
-            ``"renorm"`` or ``"pad"`` (see :class:`compatindex.metrics.Score`).
+            ``"renorm"`` or ``"pad"`` (see :class:`compatindex.core.scoring.Score`).
 
         Returns
         -------
@@ -643,7 +643,7 @@ class Index:
 
     def verify(self) -> list[str]:
         """Check the store and every shard against each other; returns the problems found."""
-        from .verify import verify_index
+        from .embedded.verify import verify_index
 
         self._check_open()
         self._sync()

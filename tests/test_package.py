@@ -23,7 +23,7 @@ def test_py_typed_ships():
 
 
 def test_two_faiss_distributions_warn(monkeypatch):
-    import compatindex._faiss as F
+    import compatindex.embedded.faiss_import as F
 
     monkeypatch.setattr(F, "installed_faiss_distributions", lambda: ["faiss-cpu", "faiss-gpu"])
     with pytest.warns(RuntimeWarning, match="more than one faiss distribution"):
@@ -33,7 +33,7 @@ def test_two_faiss_distributions_warn(monkeypatch):
 def test_missing_faiss_names_the_extras(monkeypatch):
     import builtins
 
-    import compatindex._faiss as F
+    import compatindex.embedded.faiss_import as F
 
     real_import = builtins.__import__
 

@@ -154,7 +154,7 @@ def test_newer_format_is_refused(tmp_path):
 
 
 def test_map_grows_when_full(tmp_path, rng):
-    from compatindex.store import LmdbStore
+    from compatindex.embedded.store import LmdbStore
 
     store = LmdbStore(tmp_path / "s", map_size=1 << 20)
     big = b"x" * (600 << 10)

@@ -8,7 +8,7 @@ import pytest
 
 import compatindex
 from compatindex.errors import InvalidInputError
-from compatindex.shards import ShardSpec
+from compatindex.embedded.shards import ShardSpec
 from core_testkit import BruteForce, random_orthogonal
 
 
@@ -114,7 +114,7 @@ def test_bad_shard_spec_and_device():
 
 @pytest.mark.gpu
 def test_gpu_backend_matches_cpu(rng):
-    from compatindex._faiss import num_gpus
+    from compatindex.embedded.faiss_import import num_gpus
 
     torch = pytest.importorskip("torch")
     if num_gpus() == 0 and not torch.cuda.is_available():

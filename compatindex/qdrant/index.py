@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import versions as V
+from ..core import versions as V
 from ..errors import InvalidInputError, NotAnIndexError, UnknownIdError, VersionExistsError
 from ..index import Index
-from ..metrics import normalize_score
-from ..store.lmdb_store import _duplicate
-from ..types import AddResult, ItemBatch, SearchResult, Version
-from ..validate import as_ids, as_k, as_labels, as_metadata, as_sample, sample_rows
+from ..core.scoring import normalize_score
+from ..embedded.store import _duplicate
+from ..core.datatypes import AddResult, ItemBatch, SearchResult, Version
+from ..core.validate import as_ids, as_k, as_labels, as_metadata, as_sample, sample_rows
 from . import items, search
 from .errors import BackendError, BackendVersionError, MIN_SERVER, parse_version, require_client, retry, translate
 from .items import point_id

@@ -19,9 +19,9 @@ import msgpack
 import numpy as np
 
 from ..errors import CorruptIndexError, FormatVersionError, NotAnIndexError
-from ..metrics import Metric
-from ..packing import unpack_head
-from ..types import Version
+from ..core.scoring import Metric
+from ..core.packing import unpack_head
+from ..core.datatypes import Version
 from .url import Target
 
 FORMAT = "compatindex"

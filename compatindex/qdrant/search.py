@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .. import versions as V
-from ..metrics import Score
-from ..types import SearchResult, Version
+from ..core import versions as V
+from ..core.scoring import Score
+from ..core.datatypes import SearchResult, Version
 
 
 def representative_filter(pref: Sequence[str], i: int) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import eval as ev
+from .. import evaluation as ev
 
 Z_MIN = 3.0
 """Sign-test z score the fitted map must reach against the shuffled control."""

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import eval as ev
+from .. import evaluation as ev
 from ..errors import IncompatibleVersionError, InvalidInputError, VersionExistsError
-from ..heads import apply_head
+from ..core.heads import apply_head
 from . import closed_form as cf
 from .config import TrainConfig
 from .data import PairData, load_pairs, normalize_rows, split

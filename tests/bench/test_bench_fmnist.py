@@ -1,6 +1,6 @@
 """The benchmark suite in CI: a reduced Fashion-MNIST scenario end to end (train old / independent /
 BCT / OCA CNNs, post-hoc heads through ``upgrade()``, retrieval through ``Index.search``), plus
-the benchmark's fast mAP against ``compatindex.eval``. Skips when Debian's
+the benchmark's fast mAP against ``compatindex.evaluation``. Skips when Debian's
 ``dataset-fashion-mnist`` is not installed."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from compatindex.datasets import FASHION_MNIST_DIR
+from bench.datasets import FASHION_MNIST_DIR
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
@@ -23,7 +23,7 @@ needs_fmnist = pytest.mark.skipif(
 
 def test_fast_map_matches_eval() -> None:
     from bench.common import label_map
-    from compatindex.eval import cmc_map
+    from compatindex.evaluation import cmc_map
 
     rng = np.random.default_rng(0)
     g = rng.standard_normal((3000, 16)).astype(np.float32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from trainer_testkit import unit
 
-from compatindex.heads import apply_head, validate_head
+from compatindex.core.heads import apply_head, validate_head
 from compatindex.trainer.adapters import (HeadModel, OrthogonalLayer, embed_numpy, export_head, fit_head,
                                          project_all, retract_all)
 from compatindex.trainer.closed_form import fit_isometric

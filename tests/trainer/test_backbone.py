@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from compatindex import eval as ev
+from compatindex import evaluation as ev
 from compatindex.errors import InvalidInputError
 from compatindex.trainer import BackboneConfig
 from compatindex.trainer.backbone import (load_checkpoint, prototypes_from_model, train_backbone)

@@ -7,7 +7,7 @@ import pytest
 from trainer_testkit import unit
 from sklearn.metrics import average_precision_score
 
-from compatindex import eval as ev
+from compatindex import evaluation as ev
 
 
 def _naive_cmc_map(Q, G, yq, yg, loo):

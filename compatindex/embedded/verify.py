@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CompatIndexError
+from ..errors import CompatIndexError
 from .shards import FaissShard
-from .store.lmdb_store import unpack
+from .store import unpack
 
 if TYPE_CHECKING:
-    from .index import Index
+    from ..index import Index
 
 
 def verify_index(index: "Index") -> list[str]:

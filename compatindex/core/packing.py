@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptIndexError, InvalidInputError
+from ..errors import CorruptIndexError, InvalidInputError
 
 _DTYPES = {"<f4", "<f8", "<f2", "<i4", "<i8", "|u1", "|b1"}
 

@@ -1,7 +1,7 @@
 """One version's FAISS shard: a derived, rebuildable index of that version's live vectors.
 
 The CPU index is authoritative in memory and is what gets persisted; an accelerator mirror
-(faiss GPU or torch) may serve searches (see :mod:`compatindex.shards.accel`). Internal item
+(faiss GPU or torch) may serve searches (see :mod:`compatindex.embedded.shards.accel`). Internal item
 ids are the FAISS ids.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .._faiss import faiss
-from ..errors import InvalidInputError
+from ..faiss_import import faiss
+from ...errors import InvalidInputError
 
 SHARD_KINDS = ("flat", "ivf", "hnsw")
 

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .._faiss import num_gpus
-from ..errors import InvalidInputError
+from ..faiss_import import num_gpus
+from ...errors import InvalidInputError
 from .accel import FaissGpuMirror, TorchMirror
 from .faiss_shard import FaissShard, ShardSpec
 

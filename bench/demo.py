@@ -11,7 +11,7 @@
 4. New-model queries (the 10,000 test images) search the old gallery the day v2 ships;
    then half the gallery is backfilled, then all of it; old clients keep searching throughout.
 
-Run with: ``bash scripts/demo.sh`` (or ``.venv/bin/python -m compatindex.demo [--quick]``).
+Run with: ``bash scripts/demo.sh`` (or ``.venv/bin/python -m bench.demo [--quick]``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import compatindex
-from compatindex.datasets import DatasetMissingError, load_fashion_mnist
+from bench.datasets import DatasetMissingError, load_fashion_mnist
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, seed: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 
 class Metric(str, enum.Enum):

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DimensionMismatchError, DuplicateIdError, InvalidInputError
-from .metrics import Metric
+from ..errors import DimensionMismatchError, DuplicateIdError, InvalidInputError
+from .scoring import Metric
 
 MAX_ID_BYTES = 512  # a string id longer than this is almost surely a mistake (and LMDB keys are capped)
 INT_ID_MIN, INT_ID_MAX = -(2**63), 2**63 - 1

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import IndexLockedError
+from ..errors import IndexLockedError
 
 
 class WriterLock:

@@ -7,7 +7,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from .metrics import Metric
+from .scoring import Metric
 
 ItemId = Union[int, str]
 
@@ -26,7 +26,7 @@ class Version:
         ``(dim, dim)`` float64 orthogonal matrix ``Q``; raw ``h`` maps to ``Q [head(h); 0]``.
         None means identity.
     head:
-        Optional head spec applied to raw vectors before ``Q`` (see :mod:`compatindex.heads`).
+        Optional head spec applied to raw vectors before ``Q`` (see :mod:`compatindex.core.heads`).
     report, config:
         How the version was made (training report and config), free dicts.
     """

@@ -14,11 +14,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InvalidInputError, NotOrthogonalError, UnknownVersionError
+from ..errors import InvalidInputError, NotOrthogonalError, UnknownVersionError
 from .heads import apply_head
-from .metrics import Metric, Score
+from .scoring import Metric, Score
 from .packing import pack_head, pack_tree
-from .types import Version
+from .datatypes import Version
 
 ORTHO_TOL = 1e-4
 """Largest ``|Q^T Q - I|`` entry accepted for an extension matrix (float32 inputs reach ~1e-6)."""
@@ -37,7 +37,7 @@ def lineage(versions: Mapping[str, Version], name: str) -> list[str]:
 
     Examples
     --------
-    >>> from compatindex.metrics import Metric
+    >>> from compatindex.core.scoring import Metric
     >>> vs = {"a": Version("a", 4, Metric.IP), "b": Version("b", 6, Metric.IP, parent="a")}
     >>> lineage(vs, "b")
     ['a', 'b']
@@ -148,7 +148,7 @@ def version_record(existing: Mapping[str, Version], *, name: str, dim: int, metr
 
     Shared by every backend, so a version is the same record wherever it is registered.
     """
-    from .shards.shard_set import MAX_VERSIONS  # the per-item version mask has one bit per version
+    from ..embedded.shards.shard_set import MAX_VERSIONS  # the per-item version mask has one bit per version
 
     if len(existing) >= MAX_VERSIONS:
         raise InvalidInputError(f"an index holds at most {MAX_VERSIONS} versions")

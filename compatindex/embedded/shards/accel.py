@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._faiss import faiss
+from ..faiss_import import faiss
 from .faiss_shard import FaissShard
 
 GPU_MAX_K = 2048  # faiss GPU k and nprobe limit
