@@ -82,7 +82,7 @@ def bench_search(path: Path, data: dict[str, np.ndarray], nq: int, k: int, rng) 
     with compatindex.open(path, readonly=True) as ix:
         ix.search(q[:10], k=k, version="v3")  # warm caches
         out["compatindex_s"] = timed(lambda: ix.search(q, k=k, version="v3", score="pad"))
-        shards = [(ix.shards.shards[ix.version(v).code].index, d) for v, d in zip(("v1", "v2", "v3"), DIMS)]
+        shards = [(ix.backend.shards.shards[ix.version(v).code].index, d) for v, d in zip(("v1", "v2", "v3"), DIMS)]
 
         def by_hand():
             Ds, Is = [], []
@@ -153,7 +153,7 @@ t_import = time.perf_counter() - t
 t = time.perf_counter()
 ix = compatindex.open(sys.argv[1], readonly=True)
 t_open = time.perf_counter() - t
-rebuilt = any("rebuilt" in e for e in ix.shards.events)
+rebuilt = any("rebuilt" in e for e in ix.backend.shards.events)
 q = np.random.default_rng(0).standard_normal((100, 192)).astype(np.float32)
 ix.search(q, k=10, version="v3")
 # VmHWM, not ru_maxrss: after fork+exec ru_maxrss keeps the parent's high-water mark on Linux.

@@ -70,7 +70,7 @@ def main() -> None:
         ix.search(q[:10], k=10, version="v2")  # builds the GPU mirrors
         t = time.perf_counter()
         res = ix.search(q, k=10, version="v2")
-        results[device] = {"backend": ix.shards.device, "search_s": time.perf_counter() - t,
+        results[device] = {"backend": ix.backend.shards.device, "search_s": time.perf_counter() - t,
                            "ids": res.ids, "scores": res.scores}
         ix.close()
         rng = np.random.default_rng(0)  # same data for every device

@@ -151,8 +151,8 @@ def progress(
 
 
 def is_url(index: str | Path) -> bool:
-    """Whether INDEX names a Qdrant-backed index rather than a folder."""
-    return str(index).startswith(("qdrant://", "qdrant+local://"))
+    """Whether INDEX names a server-backed index (``qdrant://``, ``qdrant+local://``) rather than a folder."""
+    return compatindex.connect.is_url(str(index))
 
 
 def open_index(

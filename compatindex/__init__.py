@@ -10,18 +10,20 @@
 from importlib.metadata import PackageNotFoundError as _PNF
 from importlib.metadata import version as _version
 
+from . import connect as connect
 from . import errors as errors
-from .embedded.faiss_import import faiss as _faiss_module  # noqa: F401  (import-time packaging checks)
-from .errors import CompatIndexError as CompatIndexError
-from .index import Index as Index
-from .index import open as open
-from .core.scoring import Metric as Metric
-from .embedded.shards import ShardSpec as ShardSpec
+from .backend import Backend as Backend
+from .connect import open as open
 from .core.datatypes import AddResult as AddResult
 from .core.datatypes import Hit as Hit
 from .core.datatypes import ItemBatch as ItemBatch
 from .core.datatypes import SearchResult as SearchResult
 from .core.datatypes import Version as Version
+from .core.scoring import Metric as Metric
+from .embedded import faiss_import as _faiss_import  # noqa: F401  (import-time packaging checks)
+from .embedded.shards import ShardSpec as ShardSpec
+from .errors import CompatIndexError as CompatIndexError
+from .index import Index as Index
 
 try:
     __version__ = _version("compatindex")
@@ -29,6 +31,6 @@ except _PNF:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+src"
 
 __all__ = [
-    "open", "Index", "Version", "SearchResult", "AddResult", "ItemBatch", "Hit", "Metric",
-    "ShardSpec", "CompatIndexError", "errors", "__version__",
+    "open", "Index", "Backend", "Version", "SearchResult", "AddResult", "ItemBatch", "Hit", "Metric",
+    "ShardSpec", "CompatIndexError", "errors", "connect", "__version__",
 ]

@@ -99,6 +99,6 @@ def test_failed_write_inside_a_transaction_leaves_the_store_unchanged(ix, rng):
         raise RuntimeError("crash in the middle")
 
     with pytest.raises(RuntimeError):
-        ix.store.write(boom)
+        ix.backend.store.write(boom)
     assert state(ix) == before
     assert not ix.has([777])[0]

@@ -39,7 +39,7 @@ def test_reopen_keeps_everything_and_loads_shards(tmp_path, rng):
     before = snapshot(ix, Q)
     ix.close()
     with compatindex.open(path) as ix2:
-        assert ix2.shards.events == []  # loaded, not rebuilt
+        assert ix2.backend.shards.events == []  # loaded, not rebuilt
         same(before, snapshot(ix2, Q))
         assert ix2.count == 497
         assert [v.name for v in ix2.versions()] == ["v1", "v2"]
@@ -56,7 +56,7 @@ def test_deleted_shard_files_are_rebuilt(tmp_path, rng):
     ix.close()
     shutil.rmtree(path / "shards")
     with compatindex.open(path) as ix2:
-        assert any("rebuilt" in e for e in ix2.shards.events)
+        assert any("rebuilt" in e for e in ix2.backend.shards.events)
         same(before, snapshot(ix2, Q))
         assert ix2.verify() == []
 
@@ -103,8 +103,8 @@ def test_lagging_shard_replays_the_store_tail(tmp_path, rng):
     shutil.rmtree(path / "shards")
     shutil.copytree(saved, path / "shards")  # shards now lag the store by three writes
     with compatindex.open(path) as ix2:
-        assert any("replayed 3" in e for e in ix2.shards.events)
-        assert not any("rebuilt" in e for e in ix2.shards.events)
+        assert any("replayed 3" in e for e in ix2.backend.shards.events)
+        assert not any("rebuilt" in e for e in ix2.backend.shards.events)
         same(before, snapshot(ix2, Q))
         assert ix2.verify() == []
 

@@ -54,8 +54,8 @@ def test_approximate_shards(tmp_path, rng, spec, min_recall):
     assert ix.verify() == []
     ix.close()
     with compatindex.open(path) as again:  # persisted with its spec, loaded not rebuilt
-        assert again.shards.spec == ShardSpec.parse(spec)
-        assert again.shards.events == []
+        assert again.backend.shards.spec == ShardSpec.parse(spec)
+        assert again.backend.shards.events == []
         assert recall(again.search(Q, k=10, version="v2"), ref[0]) >= min_recall
 
 
@@ -76,10 +76,10 @@ def test_changing_the_shard_spec_rebuilds(tmp_path, rng):
         ix.create_version("v1", dim=8)
         ix.add(list(range(50)), rng.standard_normal((50, 8)))
     with compatindex.open(path, shard={"kind": "hnsw"}) as ix:
-        assert any("rebuilt" in e for e in ix.shards.events)
-        assert ix.shards.shards[0].ntotal == 50
+        assert any("rebuilt" in e for e in ix.backend.shards.events)
+        assert ix.backend.shards.shards[0].ntotal == 50
     with compatindex.open(path) as ix:  # the new spec was recorded
-        assert ix.shards.spec.kind == "hnsw"
+        assert ix.backend.shards.spec.kind == "hnsw"
 
 
 @pytest.mark.parametrize("device", ["torch", "torch-fp16"])
@@ -98,7 +98,7 @@ def test_torch_backend_matches_faiss(rng, device):
         np.testing.assert_allclose(a.scores, b.scores, atol=atol)
         if device == "torch":
             assert a.ids.tolist() == b.ids.tolist()
-    assert tor.shards.device == device
+    assert tor.backend.shards.device == device
     cpu.close()
     tor.close()
 

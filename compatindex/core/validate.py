@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, DuplicateIdError, InvalidInputError
+from ..errors import DimensionMismatchError, DuplicateIdError, InvalidInputError, UnknownIdError
 from .scoring import Metric
 
 MAX_ID_BYTES = 512  # a string id longer than this is almost surely a mistake (and LMDB keys are capped)
@@ -241,3 +241,29 @@ def sample_rows(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarr
     if limit is None or limit >= n:
         return None
     return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def check_id_kind(stored: str | None, kind: str) -> None:
+    """Refuse ids of the other kind than the index holds (``stored`` None: the first write)."""
+    if stored is not None and stored != kind:
+        raise InvalidInputError(f"`ids` are {kind} but this index holds {stored} ids")
+
+
+def unknown_ids(ids: Sequence[Any], known: np.ndarray) -> UnknownIdError | None:
+    """The error for ids not in the index (``known``: ``(n,)`` bool), or None when all are known."""
+    missing = np.flatnonzero(~np.asarray(known, dtype=bool))
+    if not missing.size:
+        return None
+    shown = ", ".join(repr(ids[i]) for i in missing[:5])
+    return UnknownIdError(f"`ids` not in the index: {shown}" + (" ..." if missing.size > 5 else "")
+                          + f" ({missing.size} of {len(ids)})")
+
+
+def duplicate_ids(ids: Sequence[Any], existed: np.ndarray) -> DuplicateIdError:
+    """The error for an add whose ids already exist (``existed``: ``(n,)`` bool, some True)."""
+    existed = np.asarray(existed, dtype=bool)
+    first = ids[int(np.flatnonzero(existed)[0])]
+    return DuplicateIdError(
+        f"`ids` {first!r} is already in the index ({int(existed.sum())} of {len(ids)} ids exist)",
+        hint="use backfill() to give existing items a vector of another version",
+    )

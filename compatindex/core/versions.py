@@ -1,4 +1,4 @@
-"""The version algebra of design.md §2: lineage, prefix compatibility, query-side projection.
+"""The version algebra (docs/concepts.md): lineage, prefix compatibility, query-side projection.
 
 A version ``v`` of dim ``d_v`` extends its parent ``p`` (``d_p <= d_v``): the first ``d_p``
 coordinates of a v-vector live in p-space. So a query of version ``v`` meets a stored vector of
@@ -9,7 +9,6 @@ Stored vectors are never rewritten.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -17,8 +16,10 @@ import numpy as np
 from ..errors import InvalidInputError, NotOrthogonalError, UnknownVersionError
 from .heads import apply_head
 from .scoring import Metric, Score
-from .packing import pack_head, pack_tree
 from .datatypes import Version
+
+MAX_VERSIONS = 64
+"""Most versions an index holds: the embedded backend keeps one bit per version and item."""
 
 ORTHO_TOL = 1e-4
 """Largest ``|Q^T Q - I|`` entry accepted for an extension matrix (float32 inputs reach ~1e-6)."""
@@ -139,23 +140,3 @@ def to_version_space(version: Version, raw: np.ndarray) -> np.ndarray:
     if version.extension is not None:
         z = z @ version.extension.T  # row-wise Q z
     return np.ascontiguousarray(z, dtype=np.float32)
-
-
-def version_record(existing: Mapping[str, Version], *, name: str, dim: int, metric: Metric, parent: str | None,
-                   raw_dim: int, extension: np.ndarray | None, head: dict[str, Any] | None,
-                   report: dict[str, Any], config: dict[str, Any], created_at: float | None = None) -> dict[str, Any]:
-    """The stored record of a new version (checked arguments), with the next free version code.
-
-    Shared by every backend, so a version is the same record wherever it is registered.
-    """
-    from ..embedded.shards.shard_set import MAX_VERSIONS  # the per-item version mask has one bit per version
-
-    if len(existing) >= MAX_VERSIONS:
-        raise InvalidInputError(f"an index holds at most {MAX_VERSIONS} versions")
-    return {
-        "name": name, "code": max((v.code for v in existing.values()), default=-1) + 1, "dim": dim,
-        "metric": metric.value, "parent": parent, "raw_dim": raw_dim,
-        "extension": None if extension is None else np.ascontiguousarray(extension, dtype="<f8").tobytes(),
-        "head": pack_head(head), "report": pack_tree(report), "config": pack_tree(config),
-        "created_at": created_at or time.time(),
-    }

@@ -34,6 +34,7 @@ import lmdb
 import msgpack
 import numpy as np
 
+from ..core.validate import duplicate_ids
 from ..errors import CompatIndexError, CorruptIndexError, FormatVersionError, StoreFullError
 
 T = TypeVar("T")
@@ -111,16 +112,6 @@ def _is_disk_full(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG) or (
         "no space left" in text or "file too large" in text or "enospc" in text
-    )
-
-
-def _duplicate(ext_ids: Sequence[Any], existed: np.ndarray):
-    from ..errors import DuplicateIdError
-
-    first = ext_ids[int(np.flatnonzero(existed)[0])]
-    return DuplicateIdError(
-        f"`ids` {first!r} is already in the index ({int(existed.sum())} of {len(ext_ids)} ids exist)",
-        hint="use backfill() to give existing items a vector of another version",
     )
 
 
@@ -285,7 +276,7 @@ class Writer(Reader):
         with self.txn.cursor(db=self.s.db["ids"]) as cur:
             _, added = cur.putmulti(list(zip(exts, keys)), overwrite=False)
         if added != n:
-            raise _duplicate(ext_ids, self.lookup(ext_ids) < start)
+            raise duplicate_ids(ext_ids, self.lookup(ext_ids) < start)
         with self.txn.cursor(db=self.s.db["rev"]) as cur:
             cur.putmulti(list(zip(keys, exts)), append=True)
         if labels is not None:
@@ -412,7 +403,21 @@ class LmdbStore:
 
     def _check_data_file(self) -> None:
         """Refuse a data.mdb whose meta pages are damaged or that is shorter than the pages its
-        committed meta claims: LMDB maps the file and would die of SIGBUS reading past its end."""
+        committed meta claims: LMDB maps the file and would die of SIGBUS reading past its end.
+
+        Reads only the two meta pages (the first ``16 + 136`` bytes of pages 0 and 1) and the
+        file size, so opening stays O(1) on a store of any size. The layout is LMDB 0.9's on a
+        64-bit build, in the host's byte order (as LMDB writes it): a 16-byte page header, then
+        ``MDB_meta`` (magic, version, address, mapsize, two 48-byte ``MDB_db``, ``mm_last_pg``,
+        ``mm_txnid``); the committed meta is the one with the higher txnid, as LMDB picks it.
+        """
+        # Why not py-lmdb's own parser: lmdb.verify (py-lmdb 3.0) parses these meta pages in
+        # _Verifier.detect_engine()/load_metas(), but its only public entry, verify(path), walks
+        # every page of the file, which is O(file) on each open. Using the private _Verifier would
+        # need a fallback for when a 3.x release renames it, and that fallback is this reader, so
+        # it would add a second code path and delete nothing; load_metas() does not check
+        # truncation either (it allows a short free tail), so the size check below would stay.
+        # The reader is kept; if py-lmdb makes a meta-only check public, use it here.
         f = self.file
         try:
             size = f.stat().st_size
@@ -425,7 +430,7 @@ class LmdbStore:
                 head = fh.read(_META_AT + 136)
                 if len(head) < _META_AT + 136:
                     raise ValueError(f"it holds only {size} bytes")
-                magic, version, psize = struct.unpack_from("<II16xI", head, _META_AT)
+                magic, version, psize = struct.unpack_from("=II16xI", head, _META_AT)
                 if magic != _MDB_MAGIC or version != 1:
                     raise ValueError("its first meta page is not an LMDB 0.9 meta page")
                 if psize < 512 or psize & (psize - 1) or psize > 65536:
@@ -438,10 +443,10 @@ class LmdbStore:
                 raise ValueError(f"it holds only {size} bytes, less than its two meta pages")
             last_pg, txnid = [], []
             for m in metas:
-                magic, version = struct.unpack_from("<II", m, _META_AT)
+                magic, version = struct.unpack_from("=II", m, _META_AT)
                 if magic != _MDB_MAGIC or version != 1:
                     raise ValueError("a meta page is damaged")
-                lp, tx = struct.unpack_from("<QQ", m, _META_AT + 24 + 96)
+                lp, tx = struct.unpack_from("=QQ", m, _META_AT + 24 + 96)
                 last_pg.append(lp)
                 txnid.append(tx)
             pages = last_pg[1 if txnid[0] < txnid[1] else 0] + 1  # the committed meta, as LMDB picks it

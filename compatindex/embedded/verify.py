@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import numpy as np
 
+from ..core.datatypes import Version
 from ..errors import CompatIndexError
-from .shards import FaissShard
-from .store import unpack
-
-if TYPE_CHECKING:
-    from ..index import Index
+from .shards import FaissShard, ShardSet
+from .store import LmdbStore, unpack
 
 
-def verify_index(index: "Index") -> list[str]:
-    """Return a plain description of each problem found (empty when the index is sound)."""
+def verify_index(store: LmdbStore, shards: ShardSet, versions: Sequence[Version], *, check_file: bool) -> list[str]:
+    """Return a plain description of each problem found (empty when the index is sound).
+
+    Parameters
+    ----------
+    store, shards:
+        The index's store and the shards derived from it.
+    versions:
+        Every version of the index.
+    check_file:
+        Also walk the LMDB file's structure (only where this process holds the writer lock).
+    """
     problems: list[str] = []
-    store = index.store
-    assert store is not None
-    if not index.readonly:
+    if check_file:
         # Structure of the LMDB file itself (every page reachable once, keys ordered, free and live
         # pages disjoint), by py-lmdb's pure-Python walker: it never hands pages to the engine.
         # Only where this process holds the writer lock: nobody else changes the file meanwhile.
@@ -37,7 +43,7 @@ def verify_index(index: "Index") -> list[str]:
             n_ids = r.count_entries("ids")
             if not (n_items == n_rev == n_ids):
                 problems.append(f"item counts disagree: meta says {n_items}, id map {n_ids}, reverse map {n_rev}")
-            for v in index._versions.values():
+            for v in versions:
                 ids_parts = [ids for ids, _ in store.iter_live(v.code, v.dim, reader=r)]
                 live = np.sort(np.concatenate(ids_parts)) if ids_parts else np.zeros(0, np.int64)
                 counted = int(r.meta(f"count:{v.code}", 0))
@@ -48,7 +54,7 @@ def verify_index(index: "Index") -> list[str]:
                 chunks, _ = r.locate(v.code, live.tolist())
                 if (chunks < 0).any():
                     problems.append(f"version {v.name!r}: {(chunks < 0).sum()} live vectors have no locator")
-                shard = index.shards.shards.get(v.code)
+                shard = shards.shards.get(v.code)
                 if shard is None:
                     problems.append(f"version {v.name!r} has no shard")
                 else:
@@ -58,13 +64,12 @@ def verify_index(index: "Index") -> list[str]:
                             f"shard of version {v.name!r} holds {len(sid)} vectors, the store {len(live)}; "
                             f"{len(np.setdiff1d(live, sid))} missing, {len(np.setdiff1d(sid, live))} extra"
                         )
-                folder = index.path / "shards"
-                name = f"v{v.code:03d}"
-                if (folder / f"{name}.json").exists() or (folder / f"{name}.faiss").exists():
+                files = shards.files(v.code)
+                if files is not None and (files[0].exists() or files[1].exists()):
                     try:
-                        FaissShard.load(folder, name, dim=v.dim, spec=index.shards.spec)
+                        FaissShard.load(files[1].parent, files[1].stem, dim=v.dim, spec=shards.spec)
                     except ValueError as exc:
-                        problems.append(f"shard file {folder / name}.faiss is damaged ({exc}); it will be rebuilt on open")
+                        problems.append(f"shard file {files[1]} is damaged ({exc}); it will be rebuilt on open")
             # every msgpack record decodes (labels, metadata, op log; versions were decoded on open)
             for name, what in (("labels", "label"), ("attrs", "metadata"), ("oplog", "op log record")):
                 with r.txn.cursor(db=store.db[name]) as cur:
@@ -79,7 +84,7 @@ def verify_index(index: "Index") -> list[str]:
                         break
             for iid, _ext in r.iter_items():
                 if not any(r.txn.get(int(v.code).to_bytes(2, "big") + int(iid).to_bytes(8, "big", signed=True),
-                                     db=store.db["loc"]) is not None for v in index._versions.values()):
+                                     db=store.db["loc"]) is not None for v in versions):
                     problems.append(f"item with internal id {iid} holds no vector")
                     break
     except CompatIndexError as exc:

@@ -1,8 +1,9 @@
 """Copy an embedded index into Qdrant: versions, registry, items, vectors, labels, metadata.
 
 Resumable: points are written with deterministic ids (``uuid5`` of the external id), so a
-rerun after an interruption skips every point already present with the same set of versions
-and rewrites the others; the copy is then verified by counts (items and vectors per version).
+rerun after an interruption skips every point already present with the same set of versions'
+vectors and rewrites the others; the copy is then verified by counts (items and vectors per
+version).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
+from ..core.records import version_record
+from ..embedded.backend import EmbeddedBackend
+from ..embedded.backend import open_backend as open_embedded
 from ..errors import InvalidInputError, VersionExistsError
 from ..index import Index
-from ..index import open as open_embedded
+from .backend import QdrantBackend
+from .backend import open_backend as open_qdrant
 from .errors import require_client
-from .index import QdrantIndex, open_qdrant
 from .items import item_payload, point_id
 
 
@@ -36,9 +40,9 @@ def _progress(total: int, enabled: bool, description: str) -> Iterator[Callable[
         yield lambda n: bar.advance(task, n)
 
 
-def _copy_versions(src: Index, dst: QdrantIndex) -> None:
-    src_vs = sorted(src._versions.values(), key=lambda v: v.code)
-    dst_vs = dst.versions()
+def _copy_versions(src: EmbeddedBackend, dst: QdrantBackend) -> None:
+    src_vs = sorted(src.versions().values(), key=lambda v: v.code)
+    dst_vs = sorted(dst.versions().values(), key=lambda v: v.code)
     for i, d in enumerate(dst_vs):  # a resumed export finds a prefix of the source's versions
         s = src_vs[i] if i < len(src_vs) else None
         if s is None or (s.name, s.dim, s.parent, s.metric) != (d.name, d.dim, d.parent, d.metric):
@@ -48,9 +52,9 @@ def _copy_versions(src: Index, dst: QdrantIndex) -> None:
                 hint="export into a new collection (qdrant://HOST:PORT/NEW_NAME)",
             )
     for s in src_vs[len(dst_vs):]:
-        dst._put_version(name=s.name, dim=s.dim, metric=s.metric, parent=s.parent, raw_dim=s.raw_dim,
-                         extension=s.extension, head=s.head, report=s.report, config=s.config,
-                         created_at=s.created_at)
+        dst.put_version(version_record(dst.versions(), name=s.name, dim=s.dim, metric=s.metric, parent=s.parent,
+                                       raw_dim=s.raw_dim, extension=s.extension, head=s.head, report=s.report,
+                                       config=s.config, created_at=s.created_at))
 
 
 def export_index(src_path_or_index: Any, url: str, *, batch: int = 1024, progress: bool = True) -> dict[str, Any]:
@@ -71,21 +75,23 @@ def export_index(src_path_or_index: Any, url: str, *, batch: int = 1024, progres
         if not isinstance(src_path_or_index, (str, os.PathLike)) or str(src_path_or_index).startswith("qdrant"):
             raise InvalidInputError(f"the source must be an embedded index folder or Index; got {src_path_or_index!r}")
         src = open_embedded(src_path_or_index, readonly=True, create=False)
+    elif isinstance(src_path_or_index.backend, EmbeddedBackend):
+        src = src_path_or_index.backend
     else:
-        src = src_path_or_index
+        raise InvalidInputError(f"the source must be an embedded index; got {src_path_or_index!r}")
+    dst = open_qdrant(url, create=True)
     try:
-        with open_qdrant(url, create=True) as dst:
+        with Index(dst):
             _copy_versions(src, dst)
             store = src.store
-            assert store is not None
-            names = {v.code: v.name for v in src._versions.values()}
-            vs = sorted(src._versions.values(), key=lambda v: v.code)
+            names = {v.code: v.name for v in src.versions().values()}
+            vs = sorted(src.versions().values(), key=lambda v: v.code)
             copied = skipped = 0
             with store.read() as r:
                 n_items = int(r.meta("n_items", 0))
                 kind = r.meta("id_kind")
                 if kind is not None:
-                    dst._check_kind(kind, record=True)
+                    dst.record_id_kind(kind)
                 items = r.iter_items()
                 with _progress(n_items, progress, f"export -> {dst.collection}") as advance:
                     while True:
@@ -102,17 +108,18 @@ def export_index(src_path_or_index: Any, url: str, *, batch: int = 1024, progres
                                 held[j].append(names[v.code])
                                 vecs[j][v.name] = x[j].tolist()
                         pids = [point_id(e) for e in exts]
-                        there = dst._retrieve(pids, payload=["versions"])
+                        there = dst.points.retrieve(pids, vectors=True)
                         todo = [j for j, p in enumerate(pids)
-                                if p not in there or (there[p].payload or {}).get("versions") != held[j]]
+                                if p not in there or sorted(there[p].vector or {}) != sorted(held[j])]
                         skipped += len(chunk) - len(todo)
                         if todo:
                             labels = r.labels([iids[j] for j in todo])
                             attrs = r.attrs([iids[j] for j in todo])
                             points = [m.PointStruct(id=pids[j], vector=vecs[j],
-                                                    payload=item_payload(exts[j], lab, meta, held[j], iids[j]))
+                                                    payload=item_payload(exts[j], lab, meta, iids[j]))
                                       for j, lab, meta in zip(todo, labels, attrs)]
-                            dst._call("upsert", lambda p=points: dst._client.upsert(dst.collection, points=p, wait=True))
+                            dst.points.call("upsert", lambda p=points: dst.client.upsert(dst.collection, points=p,
+                                                                                         wait=True))
                             copied += len(todo)
                         advance(len(chunk))
             problems = _check_counts(src, dst)
@@ -124,7 +131,7 @@ def export_index(src_path_or_index: Any, url: str, *, batch: int = 1024, progres
             src.close()
 
 
-def _check_counts(src: Index, dst: QdrantIndex) -> list[str]:
+def _check_counts(src: EmbeddedBackend, dst: QdrantBackend) -> list[str]:
     s, d = src.stats(), dst.stats()
     problems = []
     if s["items"] != d["items"]:

@@ -16,12 +16,10 @@ import uuid
 from typing import Any, Callable
 
 import msgpack
-import numpy as np
 
-from ..errors import CorruptIndexError, FormatVersionError, NotAnIndexError
-from ..core.scoring import Metric
-from ..core.packing import unpack_head
 from ..core.datatypes import Version
+from ..core.records import version_from_record
+from ..errors import CorruptIndexError, FormatVersionError, NotAnIndexError
 from .url import Target
 
 FORMAT = "compatindex"
@@ -44,18 +42,6 @@ def decode(text: str, *, what: str) -> Any:
         return msgpack.unpackb(base64.b64decode(text), raw=False, strict_map_key=False)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is damage
         raise CorruptIndexError(f"damaged {what} in the Qdrant registry: {exc}") from None
-
-
-def version_from_record(rec: dict[str, Any]) -> Version:
-    """The :class:`Version` of a stored record (the same record layout as the embedded store)."""
-    ext = rec.get("extension")
-    Q = None if ext is None else np.frombuffer(ext, dtype="<f8").reshape(rec["dim"], rec["dim"]).copy()
-    return Version(
-        name=rec["name"], dim=rec["dim"], metric=Metric(rec["metric"]), parent=rec.get("parent"),
-        raw_dim=rec["raw_dim"], extension=Q, head=unpack_head(rec.get("head")),
-        report=rec.get("report") or {}, config=rec.get("config") or {}, code=rec["code"],
-        created_seq=rec.get("created_seq", 0), created_at=rec.get("created_at", 0.0),
-    )
 
 
 class Registry:
@@ -99,9 +85,6 @@ class Registry:
             self.call("create_collection", lambda: c.create_collection(t.registry, vectors_config={}))
         if not has_main:
             self.call("create_collection", lambda: c.create_collection(t.collection, vectors_config={}))
-        if not t.local:  # payload indexes are a server feature (local mode warns and ignores them)
-            self.call("create_payload_index", lambda: c.create_payload_index(
-                t.collection, "versions", m.PayloadSchemaType.KEYWORD, wait=True))
         meta = {"kind": "meta", "format": FORMAT, "backend": BACKEND, "format_version": FORMAT_VERSION,
                 "collection": t.collection, "id_kind": None, "created_at": time.time()}
         self._put(META_ID, meta)
@@ -154,7 +137,7 @@ class Registry:
             if offset is None:
                 break
         records.sort(key=lambda r: r["code"])
-        return {r["name"]: version_from_record(r) for r in records}
+        return {r["name"]: version_from_record(r, where=f"the Qdrant registry {self.t.registry!r}") for r in records}
 
     def put_version(self, record: dict[str, Any]) -> None:
         payload = {"kind": "version", "name": record["name"], "code": record["code"], "dim": record["dim"],

@@ -1,82 +1,56 @@
-"""Cross-version search on Qdrant (design.md §2): one request per (query, version), merged by score.
+"""Per-version searches on Qdrant, sent as one batch.
 
-For a query of version ``v`` the versions rank as ``versions.preference(v)``. An item is seen
-once, through its representative vector: the first version in that order that it holds. So the
-request on version ``u`` carries the payload filter "``versions`` contains ``u`` and none of the
-versions ranked before ``u``", and the query projected onto ``u`` (``versions.project_query``
-with ``versions.shared_dim``). The filters partition the items, so the per-version top-k lists
-are disjoint and merging them by exact score (no rank fusion: the scores are comparable by
-construction) gives the same top-k as the embedded index. All requests of a search go in
-``query_batch_points`` calls: one round trip per ``max_requests`` requests.
+The facade plans a search as one :class:`~compatindex.backend.ShardQuery` per version: queries
+projected onto that version, restricted to the items it represents (holding its vector and none
+of the versions ranked before it). Here each (query, version) pair becomes one ``QueryRequest``
+on the version's named vector with that ``HasVectorCondition`` filter, and all of them go to
+Qdrant in one ``query_batch_points`` call (split only past :data:`MAX_BATCH` requests), so a
+search costs one round trip whatever the number of queries and versions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..core import versions as V
-from ..core.scoring import Score
-from ..core.datatypes import SearchResult, Version
+from ..backend import ShardHits, ShardQuery
+from ..core.datatypes import ItemId
+from .items import holding
+
+MAX_BATCH = 8192
+"""Most requests in one ``query_batch_points`` call (bounds the size of one HTTP/gRPC message)."""
 
 
-def representative_filter(pref: Sequence[str], i: int) -> Any:
-    """Items whose representative version, for the preference order ``pref``, is ``pref[i]``."""
+def run(call: Callable[[str, Callable[[], Any]], Any], client: Any, collection: str,
+        steps: Sequence[ShardQuery], k: int, *, exact: bool) -> ShardHits:
+    """Search every step for every query; keys index a per-search table of external ids."""
     from qdrant_client import models as m
 
-    must = [m.FieldCondition(key="versions", match=m.MatchValue(value=pref[i]))]
-    must_not = [m.FieldCondition(key="versions", match=m.MatchAny(any=list(pref[:i])))] if i else None
-    return m.Filter(must=must, must_not=must_not)
-
-
-def plan(versions: Mapping[str, Version], v: Version, q: np.ndarray, score: Score) -> list[tuple[str, np.ndarray, Any]]:
-    """``(version name, projected (nq, d_u) queries, filter)`` for every version, in preference order."""
-    pref = V.preference(versions, v.name)
-    out = []
-    for i, name in enumerate(pref):
-        u = versions[name]
-        cut = V.shared_dim(versions, v.name, u.name)
-        qu = q if (cut == v.dim == u.dim) else V.project_query(q, cut=cut, target_dim=u.dim, score=score)
-        out.append((name, qu, representative_filter(pref, i)))
-    return out
-
-
-def run(call: Callable[..., Any], client: Any, collection: str, steps: list[tuple[str, np.ndarray, Any]], k: int,
-        *, exact: bool, max_requests: int = 512) -> SearchResult:
-    """Send the requests of ``plan`` in batches and merge each query's hits by score."""
-    from qdrant_client import models as m
-
-    nq = len(steps[0][1]) if steps else 0
+    nq = len(steps[0].queries) if steps else 0
     params = m.SearchParams(exact=True) if exact else None
-    requests = []
-    for qi in range(nq):
-        for name, qu, flt in steps:
-            requests.append(m.QueryRequest(query=qu[qi].tolist(), using=name, filter=flt, limit=k,
-                                           params=params, with_payload=["ext"], with_vector=False))
+    filters = [holding(s.version, not_holding=s.shadowing) for s in steps]
+    requests = [m.QueryRequest(query=row, using=s.version, filter=flt, limit=k, params=params,
+                               with_payload=["ext"], with_vector=False)
+                for s, flt in zip(steps, filters) for row in s.queries.tolist()]
     responses: list[Any] = []
-    for lo in range(0, len(requests), max_requests):
-        chunk = requests[lo:lo + max_requests]
+    for lo in range(0, len(requests), MAX_BATCH):
+        chunk = requests[lo:lo + MAX_BATCH]
         responses.extend(call("query_batch_points", lambda c=chunk: client.query_batch_points(collection, requests=c)))
-    ids = np.empty((nq, k), dtype=object)
-    vers = np.empty((nq, k), dtype=object)
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    nv = len(steps)
-    for qi in range(nq):
-        cand_s: list[float] = []
-        cand_i: list[Any] = []
-        cand_v: list[str] = []
-        for j, (name, _, _) in enumerate(steps):
-            for p in responses[qi * nv + j].points:
-                cand_s.append(p.score)
-                cand_i.append((p.payload or {}).get("ext"))
-                cand_v.append(name)
-        if not cand_s:
-            continue
-        s = np.asarray(cand_s, dtype=np.float32)
-        order = np.argsort(-s, kind="stable")[:k]
-        scores[qi, :len(order)] = s[order]
-        for col, o in enumerate(order.tolist()):
-            ids[qi, col] = cand_i[o]
-            vers[qi, col] = cand_v[o]
-    return SearchResult(ids, scores, vers)
+    table: list[ItemId] = []
+    scores, keys = [], []
+    for j in range(len(steps)):
+        D = np.full((nq, k), -np.inf, dtype=np.float32)
+        K = np.full((nq, k), -1, dtype=np.int64)
+        for qi in range(nq):
+            for col, p in enumerate(responses[j * nq + qi].points[:k]):
+                D[qi, col] = p.score
+                K[qi, col] = len(table)
+                table.append((p.payload or {}).get("ext"))
+        scores.append(D)
+        keys.append(K)
+
+    def resolve(found: np.ndarray) -> list[ItemId] | None:
+        return [table[i] for i in found.tolist()]
+
+    return ShardHits(scores, keys, resolve)

@@ -8,7 +8,7 @@ import pytest
 qdrant_client = pytest.importorskip("qdrant_client")
 
 import compatindex  # noqa: E402
-from compatindex.qdrant import QdrantIndex  # noqa: E402
+from compatindex.qdrant import QdrantBackend  # noqa: E402
 from qdrant_testkit import DIMS, assert_same_results, queries  # noqa: E402
 
 
@@ -16,7 +16,7 @@ from qdrant_testkit import DIMS, assert_same_results, queries  # noqa: E402
 @pytest.mark.parametrize("qv", ["v1", "v2", "v3", "b2"])
 def test_search_identical(pair, qv, score):
     emb, qd, _ = pair
-    assert isinstance(qd, QdrantIndex)
+    assert isinstance(qd, compatindex.Index) and isinstance(qd.backend, QdrantBackend)
     q = queries(DIMS[qv])
     for k in (1, 10):
         assert_same_results(qd.search(q, k, version=qv, score=score), emb.search(q, k, version=qv, score=score))

@@ -265,7 +265,7 @@ def _chain(versions, v):
 
 
 def brute_search(versions, order, items, Q: np.ndarray, k: int, qv: str):
-    """Cross-version search by the rules of design.md §2, vectorized: each item is represented by
+    """Cross-version search by the rules of docs/concepts.md, vectorized: each item is represented by
     its held version nearest the query's (largest shared dim, then tree distance, then age); the
     score is the renormalized inner product over the shared prefix."""
     Q = unit(Q)
@@ -406,7 +406,7 @@ def _check_round(compatindex, path: Path, model: Model, pending, nrng, summary) 
     except Exception as exc:  # noqa: BLE001 - any failure to reopen is a broken promise
         return f"reopen failed: {type(exc).__name__}: {exc}"
     try:
-        events = list(ix.shards.events)
+        events = list(ix.backend.shards.events)
         summary["shard_rebuilds"] += sum("rebuilt" in e for e in events)
         summary["oplog_replays"] += sum("replayed" in e for e in events)
         seq = ix.stats()["seq"]

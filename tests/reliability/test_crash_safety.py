@@ -89,7 +89,7 @@ def test_kill_during_shard_flush_leaves_detectable_files(tmp_path):
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         with compatindex.open(path) as ix:
-            seen_rebuild += any("rebuilt" in e for e in ix.shards.events)
+            seen_rebuild += any("rebuilt" in e for e in ix.backend.shards.events)
             assert ix.verify() == []
             n = ix.count
             assert n % 8 == 0
@@ -99,7 +99,7 @@ def test_kill_during_shard_flush_leaves_detectable_files(tmp_path):
                                         Q, 10, "v1")
             assert crashkit.compare_search(ix.search(Q, k=10), ref) is None
         with compatindex.open(path, readonly=True) as ro:
-            assert ro.shards.events == []  # the recovering writer saved sound shard files
+            assert ro.backend.shards.events == []  # the recovering writer saved sound shard files
             assert ro.verify() == []
 
 
@@ -117,6 +117,6 @@ def test_manifest_pointing_at_a_newer_shard_file_is_rebuilt(tmp_path):
     (path / "shards" / "v000.json").write_bytes(old_manifest)  # new index file, old manifest
     (path / "shards" / "v000.faiss.tmp").write_bytes(b"half a file")  # a save cut short
     with compatindex.open(path) as ix:
-        assert any("checksum" in e for e in ix.shards.events)
+        assert any("checksum" in e for e in ix.backend.shards.events)
         assert ix.count == 200 and ix.verify() == []
         assert sorted(ix.fetch("v1").ids) == list(range(200))

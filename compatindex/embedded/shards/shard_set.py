@@ -3,7 +3,7 @@
 On open each shard is loaded from its files; a shard that is missing or damaged is rebuilt from
 the store (with a log line), and every shard then replays the store's op log past its own
 sequence number. The set also tracks which versions each item holds, which decides the one
-vector that represents an item for a query version (design.md §2, "one hit per item").
+vector that represents an item for a query version (docs/concepts.md, "One hit per item").
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..faiss_import import num_gpus
+from ...core.versions import MAX_VERSIONS  # one bit per version in the per-item mask
 from ...errors import InvalidInputError
 from .accel import FaissGpuMirror, TorchMirror
 from .faiss_shard import FaissShard, ShardSpec
@@ -22,7 +23,6 @@ from .faiss_shard import FaissShard, ShardSpec
 log = logging.getLogger("compatindex")
 
 DEVICES = ("auto", "cpu", "gpu", "torch", "torch-fp16")
-MAX_VERSIONS = 64  # one bit per version in the per-item mask
 
 
 def _nvidia_present() -> bool:
@@ -189,6 +189,17 @@ class ShardSet:
     @staticmethod
     def _name(vcode: int) -> str:
         return f"v{vcode:03d}"
+
+    def files(self, vcode: int) -> tuple[Path, Path] | None:
+        """The ``(json, faiss)`` files a version's shard is saved to (None: never persisted)."""
+        if self.folder is None:
+            return None
+        name = self._name(vcode)
+        return self.folder / f"{name}.json", self.folder / f"{name}.faiss"
+
+    def saved_seq(self, vcode: int) -> int:
+        """Sequence number of a version's shard as last saved (-1: not saved in this form)."""
+        return self._saved_seq.get(vcode, -1)
 
     # -- per-item version mask ---------------------------------------------------------------
     def _rebuild_mask(self) -> None:

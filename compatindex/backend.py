@@ -1,0 +1,145 @@
+"""The Backend Protocol: what the :class:`~compatindex.Index` facade needs from an engine.
+
+The facade owns everything both engines share: input validation, the version algebra,
+query-side projection, the choice of one representative vector per item, and the merge of
+per-version hits (docs/architecture.md). A backend owns durable state and raw search:
+
+- the version catalog (records built by :func:`compatindex.core.records.version_record`);
+- transactional writes of already-validated items and vectors;
+- per-version searches restricted to the items a version represents for a query
+  (:class:`ShardQuery`), returning scores and opaque item keys;
+- reads: stored vectors, labels, samples, counts, stats and a consistency check.
+
+Two implementations ship: :class:`compatindex.embedded.backend.EmbeddedBackend` (LMDB + FAISS)
+and :class:`compatindex.qdrant.backend.QdrantBackend` (one named vector per version). A third
+engine needs only this Protocol and a row in :mod:`compatindex.connect`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .core.datatypes import ItemBatch, ItemId, Version
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardQuery:
+    """One per-version search inside a facade search.
+
+    Attributes
+    ----------
+    version:
+        The version whose stored vectors are searched.
+    queries:
+        ``(nq, d_version)`` float32 queries, already projected onto that version's space.
+    shadowing:
+        Versions ranked before ``version`` for this query: an item holding any of them is
+        represented by that vector instead, so it is excluded here (one hit per item).
+    """
+
+    version: str
+    queries: np.ndarray
+    shadowing: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardHits:
+    """Per-version hits of one facade search, and how to turn item keys into external ids.
+
+    Attributes
+    ----------
+    scores:
+        One ``(nq, k)`` float32 array per :class:`ShardQuery`, best first, ``-inf`` where empty.
+    keys:
+        One ``(nq, k)`` int64 array of item keys per :class:`ShardQuery`, ``-1`` where empty.
+    resolve:
+        Maps ``(m,)`` distinct keys to their ``m`` external ids; returns None when a concurrent
+        write removed one of them since the search (the facade searches again).
+    """
+
+    scores: list[np.ndarray]
+    keys: list[np.ndarray]
+    resolve: Callable[[np.ndarray], list[ItemId] | None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Durable storage and raw search of a multi-version index (see the module docstring)."""
+
+    path: Path | str
+    """Where the index lives: a folder, or a URL; error messages name it."""
+    readonly: bool
+
+    # -- versions ------------------------------------------------------------------------
+    def versions(self) -> Mapping[str, Version]:
+        """The version catalog as last loaded, by name."""
+        ...
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Catch up with writes made by other processes or clients (``force``: do it now)."""
+        ...
+
+    def put_version(self, record: dict[str, Any]) -> None:
+        """Store a new version record atomically; ``VersionExistsError`` if its name is taken."""
+        ...
+
+    # -- writes (arguments validated by the facade) ---------------------------------------
+    def add(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,
+            labels: list[Any] | None, metadata: list[Any] | None) -> int:
+        """Add new items with ``(n, d)`` vectors; ``DuplicateIdError`` if one exists. Returns a sequence number."""
+        ...
+
+    def backfill(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,
+                 *, drop_old: bool) -> int:
+        """Give existing items a vector of ``version``; ``UnknownIdError`` if one is absent."""
+        ...
+
+    def delete(self, ids: list[ItemId], id_kind: str) -> int:
+        """Remove items and all their vectors; returns how many were removed."""
+        ...
+
+    # -- reads ---------------------------------------------------------------------------
+    def search(self, queries: Sequence[ShardQuery], k: int) -> ShardHits:
+        """Top-``k`` per :class:`ShardQuery`, by inner product at the version's native dim."""
+        ...
+
+    def known(self, ids: list[ItemId]) -> np.ndarray:
+        """``(n,)`` bool: which ids are in the index."""
+        ...
+
+    def vectors(self, version: Version, ids: list[ItemId]) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, d)`` float32 vectors of known ``ids`` and ``(n,)`` bool: which hold one."""
+        ...
+
+    def labels(self, ids: list[ItemId]) -> list[Any]:
+        """The labels of known ``ids`` (None where an item has none)."""
+        ...
+
+    def sample(self, version: Version, limit: int | None, rng: np.random.Generator) -> ItemBatch:
+        """Items holding a vector of ``version`` in insertion order, or ``limit`` of them drawn with ``rng``."""
+        ...
+
+    def count(self) -> int:
+        """Number of items."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per version, coverage, disk use and engine state (``Index.stats``)."""
+        ...
+
+    def verify(self) -> list[str]:
+        """Plain descriptions of the problems found (empty when sound)."""
+        ...
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Persist whatever the backend keeps in memory (derived shards)."""
+        ...
+
+    def close(self) -> None:
+        """Release every resource (persisting first where the backend is writable)."""
+        ...
