@@ -1,26 +1,95 @@
 """Closed-form fits on pairs ``(h_i, g_i)``: raw new-encoder vector, stored parent vector.
 
 Shapes: ``H`` is ``(n, d_h)`` (new), ``G`` is ``(n, d_p)`` (parent). Maps act on columns,
-``g ~ A h``, so in row form ``G ~ H A^T``. Everything is computed in float64 and returned as
-float32.
+``g ~ A h``, so in row form ``G ~ H A^T``. Everything is computed in float64 and the fitted maps
+are returned as float32.
 
-The version algebra (design.md §2): a raw vector enters v-space as ``z = Q [h; 0]``. Given a
-contraction ``A`` (spectral norm <= 1) the isometry ``h -> [A h; C h]`` with
-``C = (I - A^T A)^(1/2)`` reduced to its rank is a unitary dilation; it becomes the first
-``d_h`` columns of an orthogonal ``Q``.
+A raw vector enters v-space as ``z = Q [h; 0]`` (docs/trainer.md, "What a version is" and
+"Methods"). Given a contraction ``A`` (spectral norm <= 1) the isometry ``h -> [A h; C h]`` with
+``C = (I - A^T A)^(1/2)`` reduced to its rank is a unitary dilation (P. R. Halmos, "Normal
+dilations and extensions of operators"); it becomes the first ``d_h`` columns of an orthogonal
+``Q``. Procrustes follows P. H. Schönemann, "A generalized solution of the orthogonal Procrustes
+problem".
+
+The decompositions are scipy.linalg's (``orthogonal_procrustes``, ``polar``, ``null_space``,
+``svd``). Every input is checked for NaN and inf first, and a decomposition that does not
+converge is retried with the slower but more robust ``gesvd`` driver before it is reported as an
+:class:`~compatindex.errors.InvalidInputError`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import scipy.linalg as sla
 
 from ..errors import InvalidInputError
 
 _TOL = 1e-6
+# numpy.linalg.LinAlgError and scipy.linalg.LinAlgError are one class today; catch both by name
+# so that neither package splitting them later lets a raw LAPACK error through.
+_LINALG_ERRORS = (np.linalg.LinAlgError, sla.LinAlgError)
+_HINT_FINITE = "drop or repair those rows (e.g. np.isfinite(x).all(axis=1)) before fitting"
 
 
-def _f64(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
+def _as_f64(x: Any, name: str, what: str) -> np.ndarray:
+    """``x`` as a finite 2-D float64 array, or an InvalidInputError naming ``name``.
+
+    Parameters
+    ----------
+    x:
+        ``(n, d)`` array-like.
+    name, what:
+        The parameter's name and what it holds, for the message.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, d)`` float64 (no copy when ``x`` already is one).
+    """
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise InvalidInputError(f"`{name}` ({what}) must be a 2-D array; got shape {a.shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise InvalidInputError(
+            f"`{name}` ({what}) holds NaN or inf in {rows.size} of {a.shape[0]} rows "
+            f"(first: row {int(rows[0])})", hint=_HINT_FINITE)
+    return a
+
+
+def _pairs(H: Any, G: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check paired rows: ``(n, d_h)`` and ``(n, d_p)`` finite float64 arrays."""
+    H = _as_f64(H, "H", "new-encoder vectors")
+    G = _as_f64(G, "G", "parent vectors")
+    if H.shape[0] != G.shape[0]:
+        raise InvalidInputError(
+            f"`H` and `G` must hold one row per pair; got {H.shape[0]} and {G.shape[0]} rows")
+    return H, G
+
+
+def _svd(a: np.ndarray, what: str, *, full_matrices: bool = False, compute_uv: bool = True,
+         drivers: tuple[str, ...] = ("gesdd", "gesvd")) -> Any:
+    """``scipy.linalg.svd`` of a finite ``(m, n)`` float64 ``a``, trying each LAPACK driver in turn.
+
+    ``gesdd`` (divide and conquer, numpy's only driver) is fast but on rare matrices does not
+    converge; ``gesvd`` (QR iteration) is slower and converges where it fails.
+
+    Returns
+    -------
+    ``(U, s, Vt)`` as ``scipy.linalg.svd`` gives them, or ``s`` alone without ``compute_uv``.
+    """
+    err: Exception | None = None
+    for driver in drivers:
+        try:
+            return sla.svd(a, full_matrices=full_matrices, compute_uv=compute_uv,
+                           check_finite=False, lapack_driver=driver)
+        except _LINALG_ERRORS as exc:
+            err = exc
+    raise InvalidInputError(f"the SVD of {what} (shape {a.shape}) did not converge: {err}",
+                            hint="check the input for rows of huge magnitude or rescale it")
 
 
 def fit_linear(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3, bias: bool = False
@@ -30,7 +99,7 @@ def fit_linear(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3, bias: bool 
     Parameters
     ----------
     H, G:
-        ``(n, d_h)`` and ``(n, d_p)`` paired rows.
+        ``(n, d_h)`` and ``(n, d_p)`` paired rows, finite.
     ridge:
         Strength relative to the mean eigenvalue of ``H^T H`` (scale free).
     bias:
@@ -39,7 +108,13 @@ def fit_linear(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3, bias: bool 
     Returns
     -------
     (A, b):
-        ``A`` ``(d_p, d_h)`` float64, ``b`` ``(d_p,)`` or None.
+        ``A`` ``(d_p, d_h)`` float64, ``b`` ``(d_p,)`` float64 or None.
+
+    Raises
+    ------
+    InvalidInputError
+        ``H`` or ``G`` holds NaN or inf, their row counts differ, or ``ridge=0`` with a
+        singular ``H^T H``.
 
     Examples
     --------
@@ -47,7 +122,7 @@ def fit_linear(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3, bias: bool 
     >>> np.allclose(fit_linear(H, H @ A.T, ridge=0.0)[0], A)
     True
     """
-    H, G = _f64(H), _f64(G)
+    H, G = _pairs(H, G)
     if bias:
         mh, mg = H.mean(0), G.mean(0)
         A, _ = fit_linear(H - mh, G - mg, ridge=ridge, bias=False)
@@ -55,7 +130,15 @@ def fit_linear(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3, bias: bool 
     d = H.shape[1]
     HtH = H.T @ H
     lam = ridge * max(np.trace(HtH) / max(d, 1), 1e-12)
-    At = np.linalg.solve(HtH + lam * np.eye(d), H.T @ G)  # (d_h, d_p)
+    # numpy's LU solve is kept: Cholesky (scipy assume_a="pos") would refuse the merely
+    # semi-definite H^T H that ridge=0 allows, and at d_h of a few hundred the speed is moot.
+    try:
+        At = np.linalg.solve(HtH + lam * np.eye(d), H.T @ G)  # (d_h, d_p)
+    except _LINALG_ERRORS as exc:
+        raise InvalidInputError(
+            f"`H` (new-encoder vectors, {H.shape[0]} x {d}) gives a singular normal matrix "
+            f"with ridge={ridge}: {exc}",
+            hint="pass ridge > 0: `H` has collinear columns or fewer rows than columns") from None
     return At.T, None
 
 
@@ -65,6 +148,18 @@ def to_contraction(A: np.ndarray, *, spectrum: str = "scale") -> np.ndarray:
     ``scale`` divides by the top singular value (keeps the shape of the fit, which is all a
     cosine ranking inside the prefix sees); ``clip`` clips each singular value at 1.
 
+    Parameters
+    ----------
+    A:
+        ``(d_p, d_h)`` finite map.
+    spectrum:
+        ``"scale"`` or ``"clip"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(d_p, d_h)`` float64 with spectral norm <= 1 (``A`` itself when it is zero).
+
     Examples
     --------
     >>> float(np.linalg.norm(to_contraction(np.diag([3.0, 1.5])), 2))
@@ -72,16 +167,13 @@ def to_contraction(A: np.ndarray, *, spectrum: str = "scale") -> np.ndarray:
     >>> np.diag(to_contraction(np.diag([3.0, 0.5]), spectrum="clip")).round(3).tolist()
     [1.0, 0.5]
     """
-    A = _f64(A)
-    U, s, Vt = np.linalg.svd(A, full_matrices=False)
+    A = _as_f64(A, "A", "the fitted map")
+    if spectrum not in ("scale", "clip"):
+        raise InvalidInputError(f"`spectrum` must be 'scale' or 'clip'; got {spectrum!r}")
+    U, s, Vt = _svd(A, "`A`")
     if s.size == 0 or s[0] <= 0:
         return A
-    if spectrum == "scale":
-        s = s / s[0]
-    elif spectrum == "clip":
-        s = np.minimum(s, 1.0)
-    else:
-        raise InvalidInputError(f"`spectrum` must be 'scale' or 'clip'; got {spectrum!r}")
+    s = s / s[0] if spectrum == "scale" else np.minimum(s, 1.0)
     return (U * s) @ Vt
 
 
@@ -97,27 +189,32 @@ def dilate(A: np.ndarray, extra_dims: int) -> tuple[np.ndarray, int]:
     closest to 1 are raised to 1 (their defect is dropped), so ``A'`` differs from ``A`` only
     there; the rest of ``A`` is kept exactly.
 
+    ``C`` comes from the SVD ``A = U diag(s) V^T`` as ``diag(sqrt(1 - s^2)) V^T``, not from
+    ``scipy.linalg.sqrtm`` or an eigen-decomposition of ``I - A^T A``: forming ``A^T A`` squares
+    the condition number, sqrtm of a near-singular matrix loses accuracy (and may turn complex),
+    and one SVD also gives the factors that raising singular values to 1 needs.
+
     Parameters
     ----------
     A:
-        ``(d_p, d_h)`` contraction.
+        ``(d_p, d_h)`` contraction, finite.
     extra_dims:
         Budget; must be at least ``max(0, d_h - d_p)``.
 
     Returns
     -------
     (M, r):
-        ``M`` ``(d_p + r, d_h)`` with orthonormal columns (``M^T M = I``), ``r <= extra_dims``
-        the rank of the kept defect.
+        ``M`` ``(d_p + r, d_h)`` float64 with orthonormal columns (``M^T M = I``),
+        ``r <= extra_dims`` the rank of the kept defect.
     """
-    A = _f64(A)
+    A = _as_f64(A, "A", "the contraction")
     d_p, d_h = A.shape
     need = min_extra_dims(d_p, d_h)
     if extra_dims < need:
         raise InvalidInputError(
             f"`extra_dims` must be >= {need} to embed {d_h} raw dims isometrically above a "
             f"{d_p}-dim parent; got {extra_dims}")
-    U, s, Vt = np.linalg.svd(A, full_matrices=True)  # U (d_p,d_p), Vt (d_h,d_h)
+    U, s, Vt = _svd(A, "`A`", full_matrices=True)  # U (d_p,d_p), Vt (d_h,d_h)
     if s.size and s[0] > 1 + 1e-6:
         raise InvalidInputError(f"`A` must be a contraction (spectral norm <= 1); got {s[0]:.6f}")
     m = min(d_p, d_h)
@@ -136,20 +233,50 @@ def dilate(A: np.ndarray, extra_dims: int) -> tuple[np.ndarray, int]:
     return np.vstack([A2, C]), int(keep.size)
 
 
+def _polar_factor(M: np.ndarray) -> np.ndarray:
+    """Nearest ``(d_v, d_h)`` matrix with orthonormal columns (``scipy.linalg.polar``'s ``U``)."""
+    try:
+        return sla.polar(M)[0]
+    except _LINALG_ERRORS:  # polar has gesdd only: redo its U V^T with the gesvd fallback
+        U, _, Vt = _svd(M, "`M`", drivers=("gesvd",))
+        return U @ Vt
+
+
 def complete_orthogonal(M: np.ndarray) -> np.ndarray:
     """Orthogonal ``Q`` (``d_v x d_v``) whose first ``d_h`` columns are ``M`` (``d_v x d_h``).
 
-    ``M`` is first snapped to the nearest matrix with orthonormal columns (polar factor), so
-    round-off in ``M`` never leaks into ``Q``.
+    ``M`` is first snapped to the nearest matrix with orthonormal columns (its polar factor,
+    ``scipy.linalg.polar``), so round-off in ``M`` never leaks into ``Q``; the other columns are
+    an orthonormal basis of the complement of its range (``scipy.linalg.null_space`` of
+    ``M^T``). That basis is not unique, and which one LAPACK returns varies with the LAPACK
+    build (numpy's and scipy's bundled builds already differ); it never matters, since a raw
+    vector enters as ``Q [h; 0]`` and only ``Q[:, :d_h]`` ever multiplies a nonzero.
+
+    Parameters
+    ----------
+    M:
+        ``(d_v, d_h)`` with ``d_h <= d_v``, finite; orthonormal columns up to round-off.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(d_v, d_v)`` float64 orthogonal ``Q`` with ``Q[:, :d_h]`` the polar factor of ``M``.
     """
-    M = _f64(M)
+    M = _as_f64(M, "M", "the isometry to complete")
     d_v, d_h = M.shape
     if d_h > d_v:
         raise InvalidInputError(f"cannot complete a {d_v}x{d_h} map: raw dim exceeds the version dim")
-    U, _, Vt = np.linalg.svd(M, full_matrices=False)
-    M = U @ Vt
-    Uf, _, _ = np.linalg.svd(M, full_matrices=True)
-    rest = Uf[:, d_h:]
+    if d_h == 0:
+        return np.eye(d_v)
+    M = _polar_factor(M)
+    try:
+        # no keywords: scipy < 1.15 has neither check_finite nor lapack_driver here
+        rest = sla.null_space(M.T)  # (d_v, d_v - d_h)
+    except _LINALG_ERRORS:  # the same complement from a gesvd SVD of M itself
+        rest = _svd(M, "`M`", full_matrices=True, drivers=("gesvd",))[0][:, d_h:]
+    if rest.shape[1] != d_v - d_h:  # cannot happen for a polar factor; refuse rather than pad
+        raise InvalidInputError(
+            f"`M` ({d_v}x{d_h}) has a complement of {rest.shape[1]} dims, not {d_v - d_h}")
     rest -= M @ (M.T @ rest)  # re-orthogonalize the complement against M
     rest, _ = np.linalg.qr(rest)
     return np.hstack([M, rest])
@@ -158,6 +285,15 @@ def complete_orthogonal(M: np.ndarray) -> np.ndarray:
 def fit_isometric(H: np.ndarray, G: np.ndarray, *, extra_dims: int, ridge: float = 1e-3,
                   spectrum: str = "scale") -> tuple[np.ndarray, dict]:
     """Best contraction ``A`` from ``H`` onto ``G``, completed to an orthogonal ``Q``.
+
+    Parameters
+    ----------
+    H, G:
+        ``(n, d_h)`` new-encoder and ``(n, d_p)`` parent vectors, paired by row, finite.
+    extra_dims:
+        Budget of dims above ``d_p`` (raised to ``max(0, d_h - d_p)`` where smaller).
+    ridge, spectrum:
+        As in :func:`fit_linear` and :func:`to_contraction`.
 
     Returns
     -------
@@ -173,13 +309,14 @@ def fit_isometric(H: np.ndarray, G: np.ndarray, *, extra_dims: int, ridge: float
     >>> Q.shape, bool(np.allclose(Q.T @ Q, np.eye(Q.shape[0]), atol=1e-5))
     ((6, 6), True)
     """
+    H, G = _pairs(H, G)
     d_p, d_h = G.shape[1], H.shape[1]
     A, _ = fit_linear(H, G, ridge=ridge)
     A = to_contraction(A, spectrum=spectrum)
     e = max(int(extra_dims), min_extra_dims(d_p, d_h))
     M, r = dilate(A, e)
     Q = complete_orthogonal(M)
-    sv = np.linalg.svd(A, compute_uv=False)
+    sv = _svd(A, "`A`", compute_uv=False)
     info = {"dim": int(d_p + r), "rank_defect": int(r), "extra_dims_budget": int(e),
             "singular_values_min": float(sv.min()) if sv.size else 0.0,
             "singular_values_mean": float(sv.mean()) if sv.size else 0.0}
@@ -189,10 +326,18 @@ def fit_isometric(H: np.ndarray, G: np.ndarray, *, extra_dims: int, ridge: float
 def fit_procrustes(H: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, dict]:
     """Orthogonal Procrustes: rotation ``R`` minimizing ``||G - H R||`` (zero-padding the smaller side).
 
+    ``R = U V^T`` from the SVD ``H^T G = U S V^T`` (``scipy.linalg.orthogonal_procrustes``).
+
+    Parameters
+    ----------
+    H, G:
+        ``(n, d_h)`` new-encoder and ``(n, d_p)`` parent vectors, paired by row, finite.
+
     Returns
     -------
     (Q, info):
-        ``Q`` ``(d, d)`` float32 with ``d = max(d_h, d_p)``: ``z = Q [h; 0]``.
+        ``Q`` ``(d, d)`` float32 with ``d = max(d_h, d_p)``: ``z = Q [h; 0]``. ``info`` holds
+        ``dim`` and ``rank_defect`` (``d - d_p``).
 
     Examples
     --------
@@ -202,19 +347,36 @@ def fit_procrustes(H: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, dict]:
     >>> bool(np.allclose(H @ Q.T, G, atol=1e-4))
     True
     """
-    H, G = _f64(H), _f64(G)
+    H, G = _pairs(H, G)
     d = max(H.shape[1], G.shape[1])
     Hp = np.zeros((H.shape[0], d)); Hp[:, : H.shape[1]] = H
     Gp = np.zeros((G.shape[0], d)); Gp[:, : G.shape[1]] = G
-    U, _, Vt = np.linalg.svd(Hp.T @ Gp)
-    R = U @ Vt  # rows: G ~ Hp R  =>  columns: g ~ R^T h
+    try:
+        R, _ = sla.orthogonal_procrustes(Hp, Gp, check_finite=False)
+    except _LINALG_ERRORS:  # orthogonal_procrustes has gesdd only: redo it with gesvd
+        U, _, Vt = _svd(Hp.T @ Gp, "`H^T G`", drivers=("gesvd",))
+        R = U @ Vt
+    # rows: G ~ Hp R  =>  columns: g ~ R^T h
     return np.ascontiguousarray(R.T, dtype=np.float32), {"dim": int(d), "rank_defect": int(d - G.shape[1])}
 
 
 def fit_affine(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge affine map ``g ~ W h + b`` (Drift-Adapter's low-cost adapter; not isometric).
+    """Ridge affine map ``g ~ W h + b`` (not isometric).
 
-    Returns ``W`` ``(d_p, d_h)`` float32 and ``b`` ``(d_p,)`` float32.
+    The low-cost adapter of "Drift-Adapter: A Practical Approach to Near Zero-Downtime Embedding
+    Model Upgrades in Vector Databases".
+
+    Parameters
+    ----------
+    H, G:
+        ``(n, d_h)`` and ``(n, d_p)`` paired rows, finite.
+    ridge:
+        As in :func:`fit_linear`.
+
+    Returns
+    -------
+    (W, b):
+        ``W`` ``(d_p, d_h)`` float32 and ``b`` ``(d_p,)`` float32.
     """
     W, b = fit_linear(H, G, ridge=ridge, bias=True)
     assert b is not None

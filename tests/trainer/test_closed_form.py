@@ -103,3 +103,154 @@ def test_fit_method_versions_preserve_raw_cosines(synth, method):
     Z = to_space(fit, synth.H)
     Hn = unit(synth.H)
     np.testing.assert_allclose(Z @ Z.T, Hn @ Hn.T, atol=1e-5)
+
+
+# --- inputs are checked before LAPACK sees them; decompositions are scipy.linalg's ----------------
+
+_FITS = {
+    "isometric": lambda H, G: cf.fit_isometric(H, G, extra_dims=4),
+    "procrustes": cf.fit_procrustes,
+    "affine": cf.fit_affine,
+    "linear": cf.fit_linear,
+}
+
+
+@pytest.mark.parametrize("fit", sorted(_FITS))
+@pytest.mark.parametrize("side", ["H", "G"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pairs_are_refused_naming_the_parameter(fit, side, bad):
+    rng = np.random.default_rng(7)
+    H, G = rng.normal(size=(40, 6)), rng.normal(size=(40, 5))
+    X = H if side == "H" else G
+    X[[3, 11, 29], [0, 2, 4]] = bad
+    with pytest.raises(InvalidInputError, match=rf"`{side}` .*NaN or inf in 3 of 40 rows \(first: row 3\)"):
+        _FITS[fit](H, G)
+
+
+@pytest.mark.parametrize("call", [
+    lambda X: cf.to_contraction(X), lambda X: cf.dilate(X, 6), lambda X: cf.complete_orthogonal(X)],
+    ids=["to_contraction", "dilate", "complete_orthogonal"])
+def test_non_finite_maps_are_refused_naming_the_parameter(call):
+    X = np.zeros((6, 4))
+    X[2, 1] = np.nan
+    with pytest.raises(InvalidInputError, match=r"`(A|M)` .*NaN or inf in 1 of 6 rows"):
+        call(X)
+
+
+def test_unpaired_rows_are_refused():
+    with pytest.raises(InvalidInputError, match="one row per pair; got 10 and 9 rows"):
+        cf.fit_procrustes(np.ones((10, 3)), np.ones((9, 3)))
+
+
+def test_singular_ridge_free_fit_is_an_input_error():
+    H = np.ones((20, 3))  # collinear columns: H^T H is singular without a ridge
+    with pytest.raises(InvalidInputError, match="`H` .*singular"):
+        cf.fit_linear(H, np.ones((20, 2)), ridge=0.0)
+
+
+def test_svd_that_does_not_converge_is_an_input_error(monkeypatch):
+    import scipy.linalg as sla
+
+    def no_convergence(*a, **k):
+        raise sla.LinAlgError("SVD did not converge")
+
+    for name in ("svd", "polar", "orthogonal_procrustes"):  # the last two hold their own svd
+        monkeypatch.setattr(sla, name, no_convergence)
+    rng = np.random.default_rng(8)
+    with pytest.raises(InvalidInputError, match="did not converge"):
+        cf.to_contraction(rng.normal(size=(4, 4)))
+    with pytest.raises(InvalidInputError, match="did not converge"):
+        cf.fit_procrustes(rng.normal(size=(30, 4)), rng.normal(size=(30, 4)))
+
+
+def test_gesdd_failure_falls_back_to_gesvd(monkeypatch):
+    import scipy.linalg as sla
+
+    real = sla.svd
+    drivers = []
+
+    def gesdd_fails(a, *args, lapack_driver="gesdd", **kw):
+        drivers.append(lapack_driver)
+        if lapack_driver == "gesdd":
+            raise sla.LinAlgError("SVD did not converge")
+        return real(a, *args, lapack_driver=lapack_driver, **kw)
+
+    rng = np.random.default_rng(9)
+    H, G = rng.normal(size=(200, 6)), rng.normal(size=(200, 6))
+    want_Q, want_info = cf.fit_isometric(H, G, extra_dims=6)
+    want_R, _ = cf.fit_procrustes(H, G)
+    def gesdd_only(*a, **k):  # polar, orthogonal_procrustes, null_space (< 1.15): gesdd only
+        raise sla.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(sla, "svd", gesdd_fails)
+    monkeypatch.setattr(sla, "polar", gesdd_only)
+    monkeypatch.setattr(sla, "orthogonal_procrustes", gesdd_only)
+    monkeypatch.setattr(sla, "null_space", gesdd_only)
+    Q, info = cf.fit_isometric(H, G, extra_dims=6)
+    R, _ = cf.fit_procrustes(H, G)
+    assert "gesvd" in drivers
+    assert info == pytest.approx(want_info)
+    np.testing.assert_allclose(Q[:, :6], want_Q[:, :6], atol=1e-6)
+    np.testing.assert_allclose(Q.T.astype(np.float64) @ Q, np.eye(Q.shape[0]), atol=1e-6)
+    np.testing.assert_allclose(R, want_R, atol=1e-6)
+
+
+@pytest.mark.parametrize("d_h, d_p", [(9, 9), (6, 9), (9, 6)])
+def test_procrustes_equals_the_svd_formula_and_uses_scipy(monkeypatch, d_h, d_p):
+    import scipy.linalg as sla
+
+    calls = []
+    real = sla.orthogonal_procrustes
+    monkeypatch.setattr(sla, "orthogonal_procrustes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(10)
+    H, G = rng.normal(size=(300, d_h)), rng.normal(size=(300, d_p))
+    Q, info = cf.fit_procrustes(H.astype(np.float32), G.astype(np.float32))
+    assert calls, "fit_procrustes must go through scipy.linalg.orthogonal_procrustes"
+    # brute force, in float64: zero-pad both sides to d, R = U V^T from the SVD of Hp^T Gp
+    d = max(d_h, d_p)
+    Hp = np.hstack([H.astype(np.float32).astype(np.float64), np.zeros((300, d - d_h))])
+    Gp = np.hstack([G.astype(np.float32).astype(np.float64), np.zeros((300, d - d_p))])
+    U, _, Vt = np.linalg.svd(Hp.T @ Gp)
+    R = U @ Vt
+    assert Q.shape == (d, d) and info == {"dim": d, "rank_defect": d - d_p}
+    # the residual is what the fit minimizes: equal to the reference's (the padded block of R is
+    # free when a side is padded, so compare the residual and the block that multiplies data)
+    np.testing.assert_allclose(np.linalg.norm(Gp - Hp @ Q.T.astype(np.float64)),
+                               np.linalg.norm(Gp - Hp @ R), rtol=1e-6)
+    np.testing.assert_allclose(Q.T[:d_h, :d_p], R[:d_h, :d_p], atol=1e-6)
+    np.testing.assert_allclose(Q.T.astype(np.float64) @ Q, np.eye(d), atol=1e-6)
+
+
+def test_procrustes_recovers_a_planted_rotation_exactly():
+    rng = np.random.default_rng(11)
+    R0 = random_orthogonal(12, rng)
+    G = rng.normal(size=(400, 12))
+    H = G @ R0  # h = R0^T g, so g = R0 h: the map is R0
+    Q, _ = cf.fit_procrustes(H, G)
+    np.testing.assert_allclose(Q, R0, atol=1e-6)
+    np.testing.assert_allclose(H @ Q.T, G, atol=1e-5)
+
+
+@pytest.mark.parametrize("d_p, d_h", [(10, 14), (14, 10), (12, 12)])
+def test_completed_q_is_orthogonal_and_holds_the_fitted_contraction(monkeypatch, d_p, d_h):
+    import scipy.linalg as sla
+
+    calls = []
+    for name in ("polar", "null_space"):
+        real = getattr(sla, name)
+        monkeypatch.setattr(sla, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    rng = np.random.default_rng(12)
+    H = rng.normal(size=(500, d_h))
+    G = H @ rng.normal(size=(d_h, d_p)) + 0.1 * rng.normal(size=(500, d_p))
+    A = cf.to_contraction(cf.fit_linear(H, G)[0])
+    M, r = cf.dilate(A, d_h)  # the budget covers the whole defect: A is kept exactly
+    Q = cf.complete_orthogonal(M)
+    assert set(calls) == {"polar", "null_space"}, "the completion must use scipy.linalg's polar and null_space"
+    assert Q.dtype == np.float64 and Q.shape == (d_p + r, d_p + r)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(d_p + r), atol=1e-8)
+    np.testing.assert_allclose(Q @ Q.T, np.eye(d_p + r), atol=1e-8)
+    np.testing.assert_allclose(Q[:d_p, :d_h], A, atol=1e-8)
+    # and fit_isometric stores the same block (in float32)
+    Q32, info = cf.fit_isometric(H, G, extra_dims=d_h)
+    assert info["dim"] == d_p + r
+    np.testing.assert_allclose(Q32[:d_p, :d_h], A, atol=1e-6)
