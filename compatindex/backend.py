@@ -70,9 +70,17 @@ class ShardHits:
 class Backend(Protocol):
     """Durable storage and raw search of a multi-version index (see the module docstring)."""
 
-    path: Path | str
-    """Where the index lives: a folder, or a URL; error messages name it."""
-    readonly: bool
+    # Read-only properties, so that an implementation may narrow them (a ``Path`` or a ``str``
+    # attribute both satisfy ``Path | str``; a plain Protocol attribute would be invariant).
+    @property
+    def path(self) -> Path | str:
+        """Where the index lives: a folder, or a URL; error messages name it."""
+        ...
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the index was opened with ``readonly=True`` (writes are refused)."""
+        ...
 
     # -- versions ------------------------------------------------------------------------
     def versions(self) -> Mapping[str, Version]:
@@ -85,6 +93,10 @@ class Backend(Protocol):
 
     def put_version(self, record: dict[str, Any]) -> None:
         """Store a new version record atomically; ``VersionExistsError`` if its name is taken."""
+        ...
+
+    def set_serving(self, name: str, serving: dict[str, Any]) -> None:
+        """Replace the serving parameters (fusion, calibration) stored with version ``name``."""
         ...
 
     # -- writes (arguments validated by the facade) ---------------------------------------

@@ -10,7 +10,7 @@ backend, so both engines accept and refuse the same calls with the same errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,8 @@ from .backend import Backend, ShardQuery
 from .core import versions as V
 from .core.datatypes import AddResult, ItemBatch, SearchResult, Version
 from .core.heads import validate_head
+from .core.calibration import fit_calibration, fit_fusion
+from .core.fusion import as_weights, calibration_table, compose, stored_fusion
 from .core.merge import merge_topk
 from .core.records import version_record
 from .core.scoring import Metric, Score, normalize_metric, normalize_score
@@ -242,19 +244,29 @@ class Index:
 
     # -- reads -------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, version: str | None = None, score: str = "renorm",
-               raw: bool = False) -> SearchResult:
-        """Search every version's vectors with queries of one version; one hit per item.
+               raw: bool = False, fusion: Mapping[str, float] | None = None) -> SearchResult:
+        """Search every version's vectors with queries of one version, or of several at once; one hit per item.
 
         Parameters
         ----------
         queries:
-            ``(nq, d_version)`` (``(nq, raw_dim)`` when ``raw``).
+            ``(nq, d_version)`` queries of ``version`` (``(nq, raw_dim)`` when ``raw``), or a mapping
+            ``{version name: (nq, d) array}`` of the same queries embedded by several models (during
+            a migration both encoders run): every array has the same ``nq``, and the first key is
+            the primary version, which decides the vector that represents each item. The served
+            score of a stored vector is the weighted sum of the (calibrated) scores of every query
+            representation (docs/concepts.md, "Migration-time serving").
         k:
             Hits per query; fewer come back when the index holds fewer items (``-inf`` scores pad).
         version:
-            The queries' version (default: newest).
+            The queries' version (default: newest); not used with a mapping.
         score:
-            ``"renorm"`` or ``"pad"`` (see :class:`compatindex.core.scoring.Score`).
+            ``"renorm"``, ``"pad"`` or ``"calibrated"`` (see :class:`compatindex.core.scoring.Score`).
+        raw:
+            The queries are raw encoder outputs: each version's head and ``Q`` are applied.
+        fusion:
+            Weights ``{version: w >= 0}`` of a multi-version query (a version left out weighs 0);
+            default: the weights stored with the versions by ``upgrade``/``set_serving``, else equal.
 
         Returns
         -------
@@ -266,34 +278,51 @@ class Index:
         sc = normalize_score(score)
         for _attempt in range(SEARCH_ATTEMPTS):
             self.backend.refresh()
-            v = self._resolve(version)
-            q = self._prepare(queries, v, raw=raw, param="queries")
-            out = self._search_once(q, k, v, sc)
+            parts = self._query_parts(queries, version, raw)
+            weights = self._weights(parts, fusion)
+            out = self._search_once(parts, weights, k, sc)
             if out is not None:
                 return out
         raise CompatIndexError(f"index {self.path} changed under {SEARCH_ATTEMPTS} search attempts in a row; "
                                "retry the search")
 
-    def plan(self, q: np.ndarray, v: Version, score: Score) -> list[ShardQuery]:
-        """The per-version searches of ``(nq, d_v)`` queries of version ``v``, in preference order.
+    def _query_parts(self, queries: Any, version: str | None, raw: bool) -> list[tuple[Version, np.ndarray]]:
+        if not isinstance(queries, Mapping):
+            v = self._resolve(version)
+            return [(v, self._prepare(queries, v, raw=raw, param="queries"))]
+        if version is not None:
+            raise InvalidInputError(f"`version` {version!r} was given with a mapping of queries; "
+                                    "the mapping's keys name the versions (the first is the primary)")
+        if not queries:
+            raise InvalidInputError("`queries` is an empty mapping; give {version: (nq, d) array}")
+        parts: list[tuple[Version, np.ndarray]] = []
+        for name, arr in queries.items():
+            v = self._lookup(name, param="queries")
+            parts.append((v, self._prepare(arr, v, raw=raw, param=f"queries[{name!r}]")))
+        nqs = {v.name: len(q) for v, q in parts}
+        if len(set(nqs.values())) > 1:
+            raise InvalidInputError("`queries` arrays must hold the same number of queries; got "
+                                    + ", ".join(f"{n}: {c}" for n, c in nqs.items()))
+        return parts
 
-        Every version is searched through the query's projection onto it (docs/concepts.md);
-        an item is represented by the first version in the preference order that it holds.
-        """
-        vs = self._versions
-        pref = V.preference(vs, v.name)
-        steps = []
-        for i, name in enumerate(pref):
-            u = vs[name]
-            cut = V.shared_dim(vs, v.name, u.name)
-            qu = q if (cut == v.dim == u.dim) else V.project_query(q, cut=cut, target_dim=u.dim, score=score)
-            steps.append(ShardQuery(name, qu, tuple(pref[:i])))
-        return steps
+    def _weights(self, parts: list[tuple[Version, np.ndarray]], fusion: Mapping[str, float] | None) -> list[float]:
+        names = [v.name for v, _ in parts]
+        if fusion is not None:
+            return as_weights(fusion, names)
+        if len(parts) == 1:
+            return [1.0]
+        stored = stored_fusion(self._versions, names)
+        if stored is not None:
+            return [stored[n] for n in names]
+        return [1.0 / len(parts)] * len(parts)
 
-    def _search_once(self, q: np.ndarray, k: int, v: Version, sc: Score) -> SearchResult | None:
-        steps = self.plan(q, v, sc)
+    def _search_once(self, parts: list[tuple[Version, np.ndarray]], weights: list[float], k: int,
+                     sc: Score) -> SearchResult | None:
+        composed = compose(self._versions, parts, weights, sc, calibration_table(self._versions))
+        steps = [ShardQuery(name, q, shadow) for name, q, shadow, _ in composed]
         hits = self.backend.search(steps, k)
-        scores, keys, shard = merge_topk(hits.scores, hits.keys, k)
+        shard_scores = [D if off == 0.0 else D + np.float32(off) for D, (_, _, _, off) in zip(hits.scores, composed)]
+        scores, keys, shard = merge_topk(shard_scores, hits.keys, k)
         uniq = np.unique(keys[keys >= 0])
         ext = hits.resolve(uniq)
         if ext is None:
@@ -361,6 +390,121 @@ class Index:
         self._check_open()
         self.backend.refresh(force=True)
         return self.backend.verify()
+
+    # -- migration-time serving ---------------------------------------------------------------
+    def set_serving(self, version: str, *, fusion: Mapping[str, float] | None = None,
+                    calibration: Sequence[tuple[str, str, float, float]] | None = None) -> Version:
+        """Store serving parameters with ``version`` (what :meth:`fit_serving` and ``calibrate`` do).
+
+        Parameters
+        ----------
+        fusion:
+            ``{version: weight >= 0}`` used by default when a query arrives in exactly these versions.
+        calibration:
+            ``(query version, gallery version, a, b)`` rows, ``a > 0``: the ``calibrated`` score
+            convention maps that pair's scores ``s`` to ``a * s + b``.
+        None keeps what is stored.
+        """
+        self._writable()
+        v = self._lookup(version)
+        serving = dict(v.serving or {})
+        if fusion is not None:
+            names = list(fusion) if isinstance(fusion, Mapping) else []
+            for n in names:
+                self._lookup(n, param="fusion")
+            weights = as_weights(fusion, names)
+            serving["fusion"] = dict(zip(names, weights))
+        if calibration is not None:
+            rows = []
+            for row in calibration:
+                try:
+                    i, u, a, b = row
+                    a, b = float(a), float(b)
+                except (TypeError, ValueError):
+                    raise InvalidInputError(f"`calibration` rows must be (query version, gallery version, a, b); "
+                                            f"got {row!r}") from None
+                self._lookup(i, param="calibration")
+                self._lookup(u, param="calibration")
+                if not (np.isfinite(a) and np.isfinite(b) and a > 0):
+                    raise InvalidInputError(f"`calibration` row {row!r}: a must be finite and > 0, b finite")
+                rows.append([str(i), str(u), a, b])
+            serving["calibration"] = rows
+        self.backend.set_serving(v.name, serving)
+        return self._versions[v.name]
+
+    def fit_serving(self, version: str, vectors: Any, ids: Any, *, against: str | None = None,
+                    labels: Any = None, raw: bool = False, fusion: bool = True) -> dict[str, Any]:
+        """Fit and store the serving parameters of ``version`` from held-out items.
+
+        Parameters
+        ----------
+        version:
+            The new version.
+        vectors:
+            ``(n, d_version)`` vectors of ``version`` for ``ids`` (raw encoder outputs when ``raw``),
+            e.g. the held-out pairs of an upgrade; their stored vectors of ``against`` are read.
+        ids:
+            ``(n,)`` ids that hold a vector of ``against``.
+        against:
+            The old version (default: ``version``'s parent).
+        labels:
+            Optional ``(n,)`` labels; fusion then maximizes same-label retrieval.
+        fusion:
+            Also choose fusion weights (else only the calibration is fit).
+
+        Returns
+        -------
+        dict
+            ``{"calibration": {pair: fit}, "fusion": fit or None}`` (see :mod:`compatindex.core.calibration`).
+        """
+        self._writable()
+        v = self._lookup(version)
+        old = self._lookup(against if against is not None else v.parent, param="against")
+        if old.name == v.name:
+            raise InvalidInputError(f"`against` must be another version than {v.name!r}")
+        Z = self._prepare(vectors, v, raw=raw, param="vectors")
+        ids_l, _ = as_ids(ids, n=len(Z))
+        G = self.get_vectors(ids_l, version=old.name)
+        return self._fit_and_store(v, old, Z, G, labels=as_labels(labels, n=len(Z)), fusion=fusion)
+
+    def calibrate(self, version: str, *, against: str | None = None, limit: int = 5000, seed: int = 0) -> dict[str, Any]:
+        """Refit the calibration of ``version`` from items that hold vectors of both it and ``against``.
+
+        After any partial backfill those items are exact pairs. Stored fusion weights are kept.
+        """
+        self._writable()
+        v = self._lookup(version)
+        old = self._lookup(against if against is not None else v.parent, param="against")
+        if old.name == v.name:
+            raise InvalidInputError(f"`against` must be another version than {v.name!r}")
+        both = self.backend.sample(v, None, np.random.default_rng(seed))
+        _, held = self.backend.vectors(old, list(both.ids))
+        pick = np.flatnonzero(held)
+        if len(pick) < 3:
+            raise InvalidInputError(f"only {len(pick)} items hold vectors of both {v.name!r} and {old.name!r}; "
+                                    "calibrate needs at least 3", hint="backfill some items first")
+        if len(pick) > limit:
+            pick = np.sort(np.random.default_rng(seed).choice(pick, size=limit, replace=False))
+        ids_l = [both.ids[i] for i in pick.tolist()]
+        G = self.get_vectors(ids_l, version=old.name)
+        return self._fit_and_store(v, old, both.vectors[pick], G, labels=None, fusion=False)
+
+    def _fit_and_store(self, v: Version, old: Version, Z: np.ndarray, G: np.ndarray, *, labels: list[Any] | None,
+                       fusion: bool) -> dict[str, Any]:
+        vs = self._versions
+        fits = {f"{v.name}->{old.name}": fit_calibration(vs, v.name, old.name, Z, G),
+                f"{old.name}->{v.name}": fit_calibration(vs, old.name, v.name, G, Z)}
+        rows = [(v.name, old.name, fits[f"{v.name}->{old.name}"]["a"], fits[f"{v.name}->{old.name}"]["b"]),
+                (old.name, v.name, fits[f"{old.name}->{v.name}"]["a"], fits[f"{old.name}->{v.name}"]["b"])]
+        kept = [r for r in (v.serving or {}).get("calibration") or [] if (r[0], r[1]) not in {(a, b) for a, b, _, _ in rows}]
+        calibration = [tuple(r) for r in kept] + rows
+        fused = None
+        if fusion:
+            table = {(a, b): (x, y) for a, b, x, y in calibration}
+            fused = fit_fusion(vs, v.name, old.name, Z, G, labels=labels, calibration=table)
+        self.set_serving(v.name, calibration=calibration,  # type: ignore[arg-type]
+                         fusion=None if fused is None else fused["fusion"])
+        return {"calibration": fits, "fusion": fused}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:

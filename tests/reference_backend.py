@@ -7,6 +7,7 @@ over the embedded index returns.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -40,6 +41,9 @@ class DictBackend:
             raise VersionExistsError(f"`name` {record['name']!r} is already a version of this index")
         self._versions[record["name"]] = version_from_record(record, where="the dict backend")
         self.seq += 1
+
+    def set_serving(self, name: str, serving: dict[str, Any]) -> None:
+        self._versions[name] = dataclasses.replace(self._versions[name], serving=serving)
 
     def _kind(self, kind: str) -> None:
         check_id_kind(self.kind, kind)

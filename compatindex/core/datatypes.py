@@ -29,6 +29,10 @@ class Version:
         Optional head spec applied to raw vectors before ``Q`` (see :mod:`compatindex.core.heads`).
     report, config:
         How the version was made (training report and config), free dicts.
+    serving:
+        Migration-time serving parameters stored with the version (docs/concepts.md):
+        ``{"fusion": {version: weight}, "calibration": [[query version, gallery version, a, b], ...]}``;
+        empty when none were fit.
     """
 
     name: str
@@ -39,6 +43,7 @@ class Version:
     extension: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     head: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
     report: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    serving: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     config: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     code: int = dataclasses.field(default=0, repr=False)
     created_seq: int = dataclasses.field(default=0, repr=False)
@@ -79,7 +84,7 @@ class SearchResult:
     @property
     def found(self) -> np.ndarray:
         """``(nq,)`` int: how many real hits each query got (less than k on a small index)."""
-        return np.isfinite(self.scores).sum(axis=1)
+        return np.asarray(np.isfinite(self.scores).sum(axis=1))
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

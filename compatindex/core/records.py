@@ -51,7 +51,8 @@ def version_from_record(rec: Mapping[str, Any], *, where: str) -> Version:
         return Version(
             name=rec["name"], dim=dim, metric=Metric(rec["metric"]), parent=rec.get("parent"),
             raw_dim=rec["raw_dim"], extension=Q, head=unpack_head(rec.get("head")),
-            report=rec.get("report") or {}, config=rec.get("config") or {}, code=rec["code"],
+            report=rec.get("report") or {}, config=rec.get("config") or {}, serving=rec.get("serving") or {},
+            code=rec["code"],
             created_seq=rec.get("created_seq", 0), created_at=rec.get("created_at", 0.0),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:

@@ -23,7 +23,7 @@ class Metric(str, enum.Enum):
 
 
 class Score(str, enum.Enum):
-    """Score convention for cross-version comparisons (design.md §2).
+    """Score convention for cross-version comparisons (docs/concepts.md, "Score conventions").
 
     ``pad``: inner product of the zero-padded vectors. ``renorm``: the query's cut to the shared
     prefix is rescaled to the norm of the whole query (cosine inside the shared prefix for the
@@ -34,6 +34,10 @@ class Score(str, enum.Enum):
 
     PAD = "pad"
     RENORM = "renorm"
+    CALIBRATED = "calibrated"
+    """``pad`` scores mapped onto one scale per (query version, gallery version) by the positive
+    affine calibration stored with the versions (docs/concepts.md, "Migration-time serving");
+    identity where none is stored."""
 
 
 _METRIC_ALIASES = {"cosine": Metric.COSINE, "cos": Metric.COSINE, "ip": Metric.IP,
@@ -70,4 +74,4 @@ def normalize_score(score: str | Score, *, param: str = "score") -> Score:
     try:
         return Score(key)
     except ValueError:
-        raise InvalidInputError(f"`{param}` must be 'pad' or 'renorm'; got {score!r}") from None
+        raise InvalidInputError(f"`{param}` must be 'pad', 'renorm' or 'calibrated'; got {score!r}") from None

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -28,8 +28,11 @@ from ..errors import CorruptIndexError, FormatVersionError, NotAnIndexError, Ver
 from .lock import WriterLock
 from .shards import ShardSet, ShardSpec
 from .shards.shard_set import resolve_device
-from .store import FORMAT_VERSION, LmdbStore, Writer
+from .store import FORMAT_VERSION, LmdbStore, Writer, unpack
 from .verify import verify_index
+
+if TYPE_CHECKING:
+    from ..backend import Backend
 
 log = logging.getLogger("compatindex")
 
@@ -189,6 +192,19 @@ class EmbeddedBackend:
         self.shards.add_version(record["code"], record["dim"], seq)
         self.shards.seq = max(self.shards.seq, seq)
 
+    def set_serving(self, name: str, serving: dict[str, Any]) -> None:
+        def fn(w: Writer) -> None:
+            raw = w.txn.get(name.encode(), db=w.s.db["versions"])
+            if raw is None:
+                raise CorruptIndexError(f"version {name!r} has no record in {self.store.file}")
+            record = unpack(raw, what=f"version record {name!r}", where=self.store.file)
+            record["serving"] = serving
+            w.put_version(record)
+
+        _, seq = self.store.write(fn)
+        self._load_versions()
+        self.shards.seq = max(self.shards.seq, seq)  # the op adds nothing to any shard
+
     # -- writes ------------------------------------------------------------------------------
     def add(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,
             labels: list[Any] | None, metadata: list[Any] | None) -> int:
@@ -262,30 +278,28 @@ class EmbeddedBackend:
     # -- reads -------------------------------------------------------------------------------
     def search(self, queries: Sequence[ShardQuery], k: int) -> ShardHits:
         codes = {name: v.code for name, v in self._versions.items()}
-        allowed = self._allowed(queries, codes)
+        views = self._views(queries, codes)
         scores, keys = [], []
-        for step, mask in zip(queries, allowed):
+        for step, view in zip(queries, views):
             vc = codes[step.version]
-            if self.shards.shards[vc].ntotal == 0:
-                nq = len(step.queries)
-                scores.append(np.full((nq, k), -np.inf, dtype=np.float32))
-                keys.append(np.full((nq, k), -1, dtype=np.int64))
-                continue
-            D, I = self.shards.search(vc, step.queries, k, mask)
+            nq = len(step.queries)
+            D, I = self.shards.search(vc, step.queries, k, view)
+            if D.shape[1] == 0:  # empty, or every item it holds is represented by another version
+                D = np.full((nq, k), -np.inf, dtype=np.float32)
+                I = np.full((nq, k), -1, dtype=np.int64)
             scores.append(D)
             keys.append(I)
         return ShardHits(scores, keys, self._resolver())
 
-    def _allowed(self, queries: Sequence[ShardQuery], codes: Mapping[str, int]) -> list[np.ndarray | None]:
-        """Per step, the bitmap of items it represents (None: every item its shard holds)."""
+    def _views(self, queries: Sequence[ShardQuery], codes: Mapping[str, int]) -> list[Any]:
+        """Per step, the view of the items its shard represents (kept up to date by the shards)."""
         if not queries:
             return []
         pref = list(queries[-1].shadowing) + [queries[-1].version]
         if all(s.shadowing == tuple(pref[:i]) and s.version == pref[i] for i, s in enumerate(queries)):
-            masks = self.shards.allowed([codes[u] for u in pref])  # one pass over the preference order
-            return [masks[codes[s.version]] for s in queries]
-        return [self.shards.allowed([codes[u] for u in (*s.shadowing, s.version)])[codes[s.version]]
-                for s in queries]
+            view = self.shards.view([codes[u] for u in pref])  # one view for the whole preference order
+            return [view] * len(queries)
+        return [self.shards.view([codes[u] for u in (*s.shadowing, s.version)]) for s in queries]
 
     def _resolver(self) -> Callable[[np.ndarray], list[ItemId] | None]:
         shards_seq = self.shards.seq
@@ -390,3 +404,8 @@ class EmbeddedBackend:
             self._lock = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+if TYPE_CHECKING:
+    def _typecheck(b: EmbeddedBackend) -> Backend:  # mypy verifies EmbeddedBackend satisfies the Protocol
+        return b

@@ -10,9 +10,10 @@ backends accept and refuse the same calls with the same errors.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -26,8 +27,13 @@ from .items import Points, holding, item_payload, point_id
 from .registry import Registry
 from .url import Target, parse
 
+if TYPE_CHECKING:
+    from ..backend import Backend
+
 WRITE_BATCH = 512
 """Points per upsert / batch update (bounds one request's size)."""
+
+T = TypeVar("T")
 
 
 def open_backend(url: str, *, readonly: bool = False, create: bool = True) -> "QdrantBackend":
@@ -74,7 +80,7 @@ class QdrantBackend:
             raise
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
         return retry(fn, what=what, where=self.target.url, attempts=1 if self.target.local else 4)
 
     def check_server(self) -> str:
@@ -137,6 +143,12 @@ class QdrantBackend:
         self.reg.put_version(record)
         self._load()
 
+    def set_serving(self, name: str, serving: dict[str, Any]) -> None:
+        record = self.reg.version_record(name)
+        record["serving"] = serving
+        self.reg.put_version(record)
+        self._load()
+
     # -- writes ------------------------------------------------------------------------------
     def record_id_kind(self, kind: str) -> None:
         """Check ids of ``kind`` ("int" or "str") against the index's, recording it on the first write."""
@@ -174,8 +186,9 @@ class QdrantBackend:
         op = 0
         for lo in range(0, len(pids), WRITE_BATCH):
             hi = lo + WRITE_BATCH
-            batch = m.Batch(ids=pids[lo:hi], vectors={version.name: vectors[lo:hi].tolist()}, payloads=payloads[lo:hi])
-            res = self._call("upsert", lambda b=batch: self._client.upsert(self.collection, points=b, wait=True))
+            batch = m.Batch(ids=list(pids[lo:hi]), vectors={version.name: vectors[lo:hi].tolist()},
+                            payloads=payloads[lo:hi])
+            res = self._call("upsert", functools.partial(self._client.upsert, self.collection, points=batch, wait=True))
             op = getattr(res, "operation_id", None) or op
         return int(op or 0)
 
@@ -197,9 +210,9 @@ class QdrantBackend:
             ops: list[Any] = [m.UpdateVectorsOperation(update_vectors=m.UpdateVectors(points=[
                 m.PointVectors(id=p, vector={version.name: row}) for p, row in zip(chunk, rows)]))]
             if drop_old and others:
-                ops.append(m.DeleteVectorsOperation(delete_vectors=m.DeleteVectors(points=chunk, vector=others)))
-            res = self._call("batch_update_points", lambda o=ops: self._client.batch_update_points(
-                self.collection, update_operations=o, wait=True))
+                ops.append(m.DeleteVectorsOperation(delete_vectors=m.DeleteVectors(points=list(chunk), vector=others)))
+            res = self._call("batch_update_points", functools.partial(
+                self._client.batch_update_points, self.collection, update_operations=ops, wait=True))
             op = (getattr(res[-1], "operation_id", None) if res else None) or op
         return int(op or 0)
 
@@ -210,8 +223,8 @@ class QdrantBackend:
         pids = [point_id(i) for i in ids]
         self._require_known(ids, pids)
         for lo in range(0, len(pids), WRITE_BATCH):
-            sel = m.PointIdsList(points=pids[lo:lo + WRITE_BATCH])
-            self._call("delete", lambda s=sel: self._client.delete(self.collection, points_selector=s, wait=True))
+            sel = m.PointIdsList(points=list(pids[lo:lo + WRITE_BATCH]))
+            self._call("delete", functools.partial(self._client.delete, self.collection, points_selector=sel, wait=True))
         return len(ids)
 
     # -- reads -------------------------------------------------------------------------------
@@ -332,3 +345,8 @@ class QdrantBackend:
             except Exception:  # noqa: BLE001 - closing must not raise
                 pass
             self._client = None
+
+
+if TYPE_CHECKING:
+    def _typecheck(b: QdrantBackend) -> Backend:  # mypy verifies QdrantBackend satisfies the Protocol
+        return b

@@ -139,6 +139,15 @@ class Registry:
         records.sort(key=lambda r: r["code"])
         return {r["name"]: version_from_record(r, where=f"the Qdrant registry {self.t.registry!r}") for r in records}
 
+    def version_record(self, name: str) -> dict[str, Any]:
+        """The stored record of version ``name`` (``CorruptIndexError`` when it is gone)."""
+        recs = self.call("retrieve", lambda: self.client.retrieve(self.t.registry, [version_point_id(name)],
+                                                                  with_payload=True))
+        if not recs:
+            raise CorruptIndexError(f"version {name!r} has no record in the Qdrant registry {self.t.registry!r}")
+        rec: dict[str, Any] = decode((recs[0].payload or {}).get("record", ""), what=f"version record {name!r}")
+        return rec
+
     def put_version(self, record: dict[str, Any]) -> None:
         payload = {"kind": "version", "name": record["name"], "code": record["code"], "dim": record["dim"],
                    "parent": record["parent"], "metric": record["metric"], "record": encode(record)}
