@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from .versions import serving_summary
 from ._common import IndexArg, Json, Quiet, cli_errors, dumps, is_url, open_index, to_jsonable
 
 EXAMPLES = """\b
@@ -62,6 +63,10 @@ def info(
         ix = open_index(index, readonly=True)
         with ix:
             stats = to_jsonable(ix.stats())
+            if isinstance(stats, dict) and isinstance(stats.get("versions"), dict):
+                for v in ix.versions():  # the serving parameters stored with each version
+                    if v.name in stats["versions"]:
+                        stats["versions"][v.name]["serving"] = to_jsonable(v.serving or {})
             body: dict[str, Any] = {"index": str(index), "items": int(ix.count),
                                     "latest": ix.latest.name if ix.versions() else None}
         body.update(stats if isinstance(stats, dict) else {"stats": stats})
@@ -108,6 +113,10 @@ def _text(body: dict[str, Any]) -> str:
         lines.append("")
         for r in [header, *rows]:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        served = [(name, serving_summary(v["serving"])) for name, v in versions.items() if v.get("serving")]
+        if served:
+            lines.append("")
+            lines.extend(f"serving {name}: {text}" for name, text in served)
     elif versions is not None:
         body["versions"] = versions
     if body:

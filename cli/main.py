@@ -13,6 +13,7 @@ import typer
 
 from . import add as add_module
 from . import backfill as backfill_module
+from . import calibrate as calibrate_module
 from . import delete as delete_module
 from . import export as export_module
 from . import info as info_module
@@ -74,6 +75,7 @@ for _name, _module in (
     ("info", info_module),
     ("verify", verify_module),
     ("export", export_module),
+    ("calibrate", calibrate_module),
 ):
     app.command(_name, epilog=_module.EXAMPLES)(getattr(_module, _name))
 

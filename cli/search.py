@@ -1,4 +1,6 @@
-"""`compatindex search INDEX QUERIES [-k K] [--version NAME] [--score pad|renorm] [--raw] [--json]`."""
+"""`compatindex search INDEX QUERIES [-k K] [--version NAME] [--score pad|renorm|calibrated] [--raw] [--json]`,
+or `compatindex search INDEX --query v2=new.npy --query v1=old.npy [--fusion v1=0.6,v2=0.4] ...`: the same
+queries embedded by several models during a migration, fused (docs/concepts.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ._common import (
+    CliError,
     Json,
     Quiet,
     at_least_one,
@@ -28,26 +31,77 @@ Examples:
   compatindex search my.index queries.npy -k 5
   compatindex search my.index queries.npy -k 10 --version v2 --json > hits.jsonl
   compatindex search my.index raw_queries.fvecs --version v2 --raw --score pad --json
+  compatindex search my.index --query v2=new.npy --query v1=old.npy -k 10 --json
+  compatindex search my.index --query v2=new.npy --query v1=old.npy --fusion v1=0.6,v2=0.4
 """
 
 
 class ScoreChoice(str, Enum):
     renorm = "renorm"
     pad = "pad"
+    calibrated = "calibrated"
+
+
+def parse_queries(values: list[str]) -> list[tuple[str, Path]]:
+    """``["v2=new.npy", "v1=old.npy"]`` -> ``[("v2", Path("new.npy")), ("v1", Path("old.npy"))]``."""
+    out: list[tuple[str, Path]] = []
+    for text in values:
+        name, sep, file = text.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise CliError(f"--query {text!r} must be VERSION=FILE, e.g. --query v2=new.npy")
+        name = name.strip()
+        if any(name == n for n, _ in out):
+            raise CliError(f"--query names version {name!r} twice", "give each version's queries once")
+        out.append((name, Path(file.strip())))
+    return out
+
+
+def parse_fusion(text: str) -> dict[str, float]:
+    """``"v1=0.6,v2=0.4"`` -> ``{"v1": 0.6, "v2": 0.4}`` (values are checked by the library)."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        try:
+            if not sep or not name:
+                raise ValueError
+            weight = float(value)
+        except ValueError:
+            raise CliError(f"--fusion {text!r} must be VERSION=WEIGHT[,VERSION=WEIGHT...], e.g. v1=0.6,v2=0.4") from None
+        if name in out:
+            raise CliError(f"--fusion names version {name!r} twice")
+        out[name] = weight
+    return out
 
 
 def search(
     index: IndexArg,
-    queries: Annotated[Path, typer.Argument(metavar="QUERIES", help="Queries: .npy, .fvecs, .parquet or .jsonl.", show_default=False)],
+    queries: Annotated[
+        Path | None,
+        typer.Argument(metavar="[QUERIES]", help="Queries of one version: .npy, .fvecs, .parquet or .jsonl.",
+                       show_default=False),
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--k", callback=at_least_one, help="Hits per query (>= 1).")] = 10,
     version: Annotated[
         str | None,
         typer.Option("--version", help="Version the queries belong to (default: the newest).", show_default=False),
     ] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option("--query", metavar="VERSION=FILE", show_default=False,
+                     help="Queries of one version, repeatable: the same queries embedded by several models "
+                          "(the first is the primary version). Replaces QUERIES."),
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option("--fusion", metavar="V=W,...", show_default=False,
+                     help="Weights of the --query versions (default: those stored by upgrade/calibrate, else equal)."),
+    ] = None,
     score: Annotated[
         ScoreChoice,
-        typer.Option("--score", help="How queries score vectors of older versions: renorm (rescale the"
-                     " query prefix) or pad (plain inner product of the prefix)."),
+        typer.Option("--score", help="How queries score vectors of other versions: renorm (rescale the"
+                     " query prefix), pad (plain inner product of the prefix) or calibrated (pad mapped onto"
+                     " one scale per pair of versions by the stored calibration)."),
     ] = ScoreChoice.renorm,
     raw: Annotated[
         bool, typer.Option("--raw", help="Queries are raw encoder outputs; map them with the version's transform.")
@@ -62,22 +116,51 @@ def search(
 ) -> None:
     """Search the index: the k best items per query, across every version (read-only)."""
     with cli_errors():
-        source = open_vectors(queries, param="QUERIES", column=column)
+        if (queries is None) == (not query):
+            raise CliError("give the queries either as QUERIES or as --query VERSION=FILE (repeatable), not both"
+                           if queries is not None else "no queries: give QUERIES or --query VERSION=FILE")
+        if query and version is not None:
+            raise CliError("--version goes with QUERIES; with --query, each VERSION=FILE names its version")
+        if fusion is not None and not query:
+            raise CliError("--fusion weighs the versions of --query; give the queries with --query VERSION=FILE")
+        named = parse_queries(query) if query else []
+        weights = parse_fusion(fusion) if fusion is not None else None
+        if queries is not None:
+            sources = [(None, open_vectors(queries, param="QUERIES", column=column))]
+        else:
+            sources = [(name, open_vectors(file, param=f"--query {name}", column=column)) for name, file in named]
+        counts = {s.n for _, s in sources}
+        if len(counts) > 1:
+            raise CliError("the --query files hold different numbers of queries: "
+                           + ", ".join(f"{n}={s.path} has {s.n}" for n, s in sources))
         ix = open_index(index, readonly=True)
         with ix:
-            ver = resolve_version(ix, version)
-            check_vectors(source, ix, ver, raw=raw, batch_size=batch_size, quiet=True)
+            known = {v.name for v in ix.versions()}
+            for name, _ in sources:
+                if name is not None and name not in known:
+                    raise CliError(f"--query {name!r} is not a version of this index (versions: {', '.join(sorted(known))})",
+                                   "list them with `compatindex versions INDEX`")
+            vers = [resolve_version(ix, version if name is None else name) for name, _ in sources]
+            for (_, source), ver in zip(sources, vers):
+                check_vectors(source, ix, ver, raw=raw, batch_size=batch_size, quiet=True)
             header = False
-            with progress(f"searching {ver.name}", source.n, quiet=quiet) as advance:
-                for start, q in source.batches(batch_size):
-                    res = ix.search(q, k, version=ver.name, score=score.value, raw=raw)
+            label = "+".join(v.name for v in vers)
+            with progress(f"searching {label}", sources[0][1].n, quiet=quiet) as advance:
+                batches = zip(*(s.batches(batch_size) for _, s in sources))
+                for group in batches:
+                    start = group[0][0]
+                    if queries is not None:
+                        res = ix.search(group[0][1], k, version=vers[0].name, score=score.value, raw=raw)
+                    else:
+                        res = ix.search({v.name: q for v, (_, q) in zip(vers, group)}, k, score=score.value,
+                                        raw=raw, fusion=weights)
                     lines = _rows(res, start)
                     if json_out:
                         typer.echo("\n".join(dumps(r) for r in lines))
                     else:
                         typer.echo(_table(lines, header=not header))
                         header = True
-                    advance(len(q))
+                    advance(len(group[0][1]))
 
 
 def _rows(res: Any, start: int) -> list[dict[str, Any]]:

@@ -53,7 +53,20 @@ def describe(ix: Any, v: Any) -> dict[str, Any]:
         "created_at": created,
         "report": v.report or {},
         "config": v.config or {},
+        "serving": v.serving or {},
     }
+
+
+def serving_summary(serving: dict[str, Any]) -> str:
+    """``fusion v2=0.6 v1=0.4; calibration v2->v1 a=1.3 b=-0.05`` (``-`` when none is stored)."""
+    parts = []
+    fusion = serving.get("fusion")
+    if fusion:
+        parts.append("fusion " + " ".join(f"{k}={float(w):g}" for k, w in fusion.items()))
+    cal = serving.get("calibration")
+    if cal:
+        parts.append("calibration " + ", ".join(f"{i}->{u} a={float(a):.3g} b={float(b):+.3g}" for i, u, a, b in cal))
+    return "; ".join(parts) or "-"
 
 
 def versions(
@@ -76,7 +89,7 @@ def versions(
         from rich.table import Table
 
         table = Table(box=None, header_style="bold")
-        for col in ("name", "parent", "dim", "raw dim", "metric", "made by", "lineage", "created"):
+        for col in ("name", "parent", "dim", "raw dim", "metric", "made by", "lineage", "serving", "created"):
             table.add_column(col)
         for r in rows:
             table.add_row(
@@ -87,6 +100,7 @@ def versions(
                 r["metric"],
                 r["made_by"],
                 " > ".join(r["lineage"]),
+                serving_summary(r["serving"]),
                 str(r["created_at"] or "-"),
             )
         out_console().print(table)

@@ -1,0 +1,101 @@
+"""`compatindex search --query VERSION=FILE ...`, `--fusion`, `--score calibrated` and `compatindex calibrate`:
+the CLI form of migration-time serving, checked against the library's own search."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import compatindex
+from cli_testutil import Cli, snapshot
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An index v1 (16) -> v2 (24) with 200 items, 80 of them backfilled; query files of both versions."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 16)).astype(np.float32)
+    Z = np.hstack([X + 0.3 * rng.standard_normal(X.shape), rng.standard_normal((200, 8))]).astype(np.float32)
+    path = tmp_path / "ix"
+    with compatindex.open(path) as ix:
+        ix.create_version("v1", dim=16)
+        ix.add(list(range(200)), X, version="v1")
+        ix.register_version("v2", "v1", 24)
+        ix.backfill(list(range(80)), Z[:80], version="v2")
+    np.save(tmp_path / "qnew.npy", Z[150:160])
+    np.save(tmp_path / "qold.npy", X[150:160])
+    np.save(tmp_path / "qold5.npy", X[150:155])
+    return path, tmp_path, X, Z
+
+
+def _lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("score", ["renorm", "pad", "calibrated"])
+def test_multi_version_search_equals_the_library(served, score):
+    path, d, X, Z = served
+    cli = Cli()
+    cli("calibrate", path, "--version", "v2", "-q")
+    got = _lines(cli("search", path, "--query", f"v2={d / 'qnew.npy'}", "--query", f"v1={d / 'qold.npy'}",
+                     "-k", 7, "--score", score, "--fusion", "v1=0.6,v2=0.4", "--json", "-q").stdout)
+    with compatindex.open(path, readonly=True) as ix:
+        ref = ix.search({"v2": Z[150:160], "v1": X[150:160]}, k=7, score=score, fusion={"v1": 0.6, "v2": 0.4})
+    assert [r["query"] for r in got] == list(range(10))
+    for i, r in enumerate(got):
+        assert r["ids"] == list(ref.ids[i]) and r["versions"] == list(ref.versions[i])
+        np.testing.assert_allclose(r["scores"], ref.scores[i], atol=1e-5)
+
+
+def test_calibrate_stores_and_shows_the_fit(served):
+    path, *_ = served
+    cli = Cli()
+    out = json.loads(cli("calibrate", path, "--version", "v2", "--json").stdout)
+    assert set(out["calibration"]) == {"v2->v1", "v1->v2"}
+    rows = {(i, u): (a, b) for i, u, a, b in out["serving"]["calibration"]}
+    assert rows[("v2", "v1")][0] > 0 and rows[("v1", "v2")][0] > 0
+    info = json.loads(cli("info", path, "--json").stdout)
+    assert info["versions"]["v2"]["serving"]["calibration"] == out["serving"]["calibration"]
+    vers = json.loads(cli("versions", path, "--json").stdout)
+    assert [v["serving"] for v in vers["versions"] if v["name"] == "v2"][0] == out["serving"]
+    assert "calibration v2->v1" in cli("versions", path).stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--query", "v2=QN", "--query", "v2=QO"], "--query names version 'v2' twice"),
+    (["--query", "v2=QN", "--query", "v1=QO5"], "different numbers of queries"),
+    (["--query", "v9=QN"], "--query 'v9' is not a version of this index"),
+    (["--query", "v2QN"], "must be VERSION=FILE"),
+    (["QN", "--query", "v1=QO"], "not both"),
+    (["--query", "v2=QN", "--query", "v1=QO", "--fusion", "v1=-1"], r"`fusion\['v1'\]` must be a finite number >= 0"),
+    (["--query", "v2=QN", "--query", "v1=QO", "--fusion", "v1=nan,v2=1"], r"`fusion\['v1'\]` must be a finite"),
+    (["--query", "v2=QN", "--query", "v1=QO", "--fusion", "v1=0,v2=0"], "all zero"),
+    (["--query", "v2=QN", "--query", "v1=QO", "--fusion", "v1:3"], "must be VERSION=WEIGHT"),
+    (["--query", "v2=QN", "--query", "v1=QO", "--version", "v2"], "--version goes with QUERIES"),
+    (["QN", "--fusion", "v1=1"], "--fusion weighs the versions of --query"),
+    ([], "no queries"),
+])
+def test_bad_multi_version_searches_are_one_line_errors(served, args, match):
+    path, d, *_ = served
+    names = {"QN": d / "qnew.npy", "QO": d / "qold.npy", "QO5": d / "qold5.npy"}
+    argv = []
+    for a in args:
+        for k in ("QO5", "QN", "QO"):
+            if a == k or a.endswith("=" + k):
+                a = a[: len(a) - len(k)] + str(names[k])
+                break
+        argv.append(a)
+    before = snapshot(path)
+    Cli().fails("search", path, *argv, "-q", match=match)
+    assert snapshot(path) == before
+
+
+def test_calibrate_without_pairs_is_refused(tmp_path):
+    path = tmp_path / "ix"
+    with compatindex.open(path) as ix:
+        ix.create_version("v1", dim=4)
+        ix.add([1, 2, 3], np.eye(4, dtype=np.float32)[:3])
+        ix.register_version("v2", "v1", 4)
+    Cli().fails("calibrate", path, "--version", "v2", match="only 0 items hold vectors of both 'v2' and 'v1'")
