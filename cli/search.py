@@ -24,7 +24,7 @@ from ._common import (
     to_jsonable,
     IndexArg,
 )
-from ._io import open_vectors
+from ._io import VectorSource, open_vectors
 
 EXAMPLES = """\b
 Examples:
@@ -125,6 +125,7 @@ def search(
             raise CliError("--fusion weighs the versions of --query; give the queries with --query VERSION=FILE")
         named = parse_queries(query) if query else []
         weights = parse_fusion(fusion) if fusion is not None else None
+        sources: list[tuple[str | None, VectorSource]]
         if queries is not None:
             sources = [(None, open_vectors(queries, param="QUERIES", column=column))]
         else:

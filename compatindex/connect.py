@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 from .backend import Backend
 from .errors import InvalidInputError
@@ -46,9 +46,10 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return scheme(location) is not None
 
 
-def _opener(target: str) -> Any:
+def _opener(target: str) -> Callable[..., Backend]:
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    fn: Callable[..., Backend] = getattr(importlib.import_module(module), name)
+    return fn
 
 
 def open(  # noqa: A001 - the public name users expect (compatindex.open)

@@ -45,7 +45,7 @@ class CompatIndexError(Exception):
         self.message = message
         self.hint = self.default_hint if hint is None else hint
 
-    def __reduce__(self):  # keeps subclasses with extra base classes picklable
+    def __reduce__(self) -> tuple[type[CompatIndexError], tuple[str, str]]:  # keeps subclasses with extra base classes picklable
         return (self.__class__, (self.message, self.hint))
 
     def __str__(self) -> str:

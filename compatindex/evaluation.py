@@ -1,7 +1,14 @@
-"""Retrieval and compatibility metrics (methods.md §1.4 and §2).
+"""Retrieval and compatibility metrics (docs/trainer.md, "Metrics").
+
+CMC top-k and mAP follow the leave-one-out protocol of OCA ("Backward-Compatible Aligned
+Representations via an Orthogonal Transformation Layer", Ricci et al., 2024). The empirical
+criterion M(new, old) > M(old, old) is BCT's ("Towards Backward-Compatible Representation
+Learning", Shen et al., CVPR 2020). AC and AM over a compatibility matrix are those of
+"Stationary Representations: Optimally Approximating Compatibility and Implications for Improved
+Model Replacements" (Biondi et al., CVPR 2024).
 
 Vectors of two versions are compared inside the shared prefix: both sides are cut to the
-smaller dim (``q[:d_u]`` against ``g``, design.md §2). ``score="renorm"`` (default) is cosine
+smaller dim (``q[:d_u]`` against ``g``, docs/concepts.md). ``score="renorm"`` (default) is cosine
 inside the prefix; ``"pad"`` is the raw inner product of the cut vectors. Stored vectors are
 unit-norm under the cosine metric, so the two rank an all-old gallery identically.
 
@@ -14,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "similarity",
@@ -61,7 +69,7 @@ def _chunks(n: int) -> Iterator[slice]:
         yield slice(s, min(n, s + _CHUNK))
 
 
-def cmc_map(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any], g_labels: Sequence[Any],
+def cmc_map(queries: np.ndarray, gallery: np.ndarray, q_labels: npt.ArrayLike, g_labels: npt.ArrayLike,
             *, topk: Sequence[int] = (1, 5), leave_one_out: bool = False, score: str = "renorm"
             ) -> dict[str, float]:
     """CMC top-k and mAP of label retrieval (OCA / openBCT protocol).
@@ -114,8 +122,8 @@ def cmc_map(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any], g
     return out
 
 
-def retrieval_metrics(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any],
-                      g_labels: Sequence[Any], **kw: Any) -> dict[str, float]:
+def retrieval_metrics(queries: np.ndarray, gallery: np.ndarray, q_labels: npt.ArrayLike,
+                      g_labels: npt.ArrayLike, **kw: Any) -> dict[str, float]:
     """Alias of :func:`cmc_map` (top-1, top-5, mAP)."""
     return cmc_map(queries, gallery, q_labels, g_labels, **kw)
 
@@ -218,8 +226,8 @@ def negative_flip_rate(old_correct: Sequence[bool], new_correct: Sequence[bool])
     return float(np.mean(o & ~n)) if o.size else 0.0
 
 
-def top1_correct(queries: np.ndarray, gallery: np.ndarray, q_labels: Sequence[Any],
-                 g_labels: Sequence[Any], *, leave_one_out: bool = False, score: str = "renorm"
+def top1_correct(queries: np.ndarray, gallery: np.ndarray, q_labels: npt.ArrayLike,
+                 g_labels: npt.ArrayLike, *, leave_one_out: bool = False, score: str = "renorm"
                  ) -> np.ndarray:
     """``(nq,) bool``: is the top hit of each query of the query's label (input for the NFR)."""
     ql, gl = np.asarray(q_labels), np.asarray(g_labels)

@@ -18,7 +18,7 @@ from .backend import Backend, ShardQuery
 from .core import versions as V
 from .core.datatypes import AddResult, ItemBatch, SearchResult, Version
 from .core.heads import validate_head
-from .core.calibration import fit_calibration, fit_fusion
+from .core.calibration import fit_calibration, fit_fusion, relevance
 from .core.fusion import as_weights, calibration_table, compose, stored_fusion
 from .core.merge import merge_topk
 from .core.records import version_record
@@ -286,6 +286,21 @@ class Index:
         raise CompatIndexError(f"index {self.path} changed under {SEARCH_ATTEMPTS} search attempts in a row; "
                                "retry the search")
 
+    def composed_queries(self, queries: Any, *, version: str | None = None, score: str = "renorm", raw: bool = False,
+                         fusion: Mapping[str, float] | None = None) -> dict[str, tuple[np.ndarray, float]]:
+        """What :meth:`search` sends each version's shard: ``{version: ((nq, d_version) query, offset)}``.
+
+        The served score of a stored vector ``g`` of version ``u`` is ``<query_u, g> + offset_u``
+        (one composed vector per shard, docs/concepts.md); useful to check a search by brute force.
+        """
+        self._check_open()
+        sc = normalize_score(score)
+        self.backend.refresh()
+        parts = self._query_parts(queries, version, raw)
+        weights = self._weights(parts, fusion)
+        return {name: (q, off) for name, q, _, off in
+                compose(self._versions, parts, weights, sc, calibration_table(self._versions))}
+
     def _query_parts(self, queries: Any, version: str | None, raw: bool) -> list[tuple[Version, np.ndarray]]:
         if not isinstance(queries, Mapping):
             v = self._resolve(version)
@@ -492,17 +507,22 @@ class Index:
     def _fit_and_store(self, v: Version, old: Version, Z: np.ndarray, G: np.ndarray, *, labels: list[Any] | None,
                        fusion: bool) -> dict[str, Any]:
         vs = self._versions
-        fits = {f"{v.name}->{old.name}": fit_calibration(vs, v.name, old.name, Z, G),
-                f"{old.name}->{v.name}": fit_calibration(vs, old.name, v.name, G, Z)}
-        rows = [(v.name, old.name, fits[f"{v.name}->{old.name}"]["a"], fits[f"{v.name}->{old.name}"]["b"]),
-                (old.name, v.name, fits[f"{old.name}->{v.name}"]["a"], fits[f"{old.name}->{v.name}"]["b"])]
-        kept = [r for r in (v.serving or {}).get("calibration") or [] if (r[0], r[1]) not in {(a, b) for a, b, _, _ in rows}]
-        calibration = [tuple(r) for r in kept] + rows
+        Z = np.asarray(Z, dtype=np.float64)
+        G = np.asarray(G, dtype=np.float64)
+        rel = relevance(G, Z, labels, neighbours=10)
+        vecs = {v.name: Z, old.name: G}
+        fits = {f"{i}->{u}": fit_calibration(vs, i, u, vecs[i], vecs[u], rel)
+                for i in (v.name, old.name) for u in (v.name, old.name)}
+        rows = [(i, u, fits[f"{i}->{u}"]["a"], fits[f"{i}->{u}"]["b"])
+                for i in (v.name, old.name) for u in (v.name, old.name)]
+        fresh = {(i, u) for i, u, _, _ in rows}
+        kept = [tuple(r) for r in (v.serving or {}).get("calibration") or [] if (r[0], r[1]) not in fresh]
+        calibration = kept + rows
         fused = None
         if fusion:
             table = {(a, b): (x, y) for a, b, x, y in calibration}
             fused = fit_fusion(vs, v.name, old.name, Z, G, labels=labels, calibration=table)
-        self.set_serving(v.name, calibration=calibration,  # type: ignore[arg-type]
+        self.set_serving(v.name, calibration=calibration,
                          fusion=None if fused is None else fused["fusion"])
         return {"calibration": fits, "fusion": fused}
 

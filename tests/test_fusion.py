@@ -199,25 +199,30 @@ def test_fusion_weights_recovered_on_a_planted_case(noise_old, noise_new, lo, hi
         assert hit(fused) >= hit(old) - 0.02
 
 
-def test_calibration_puts_cross_version_scores_on_the_new_scale():
-    """A planted upgrade whose cross-version scores are the new/new scores halved:
-    the fit recovers the inverse map from items holding both versions."""
+def test_calibration_puts_cross_version_scores_on_one_scale():
+    """A planted upgrade whose cross-version scores are the new/new scores halved: the log-odds fits
+    of the two pairs differ exactly by that factor, and a calibrated search of a half-backfilled
+    gallery ranks every item as the new model alone would (old items no longer sink)."""
     rng = np.random.default_rng(2)
     with compatindex.open() as ix:
         ix.create_version("v1", dim=8, metric="ip")
         ix.register_version("v2", "v1", 8)
-        Z = rng.standard_normal((300, 8))
-        Z = (Z / np.linalg.norm(Z, axis=1, keepdims=True)).astype(np.float32)  # unit rows: self is nearest
-        G = (0.5 * Z).astype(np.float32)  # <Z_i, G_j> = 0.5 <Z_i, Z_j>: a = 2, b = 0 exactly
-        ids = list(range(300))
+        C = rng.standard_normal((15, 8))
+        Z = C[rng.integers(0, 15, 400)] + 0.4 * rng.standard_normal((400, 8))
+        Z = (Z / np.linalg.norm(Z, axis=1, keepdims=True)).astype(np.float32)
+        G = (0.5 * Z).astype(np.float32)  # <Z_i, G_j> = 0.5 <Z_i, Z_j>
+        ids = list(range(400))
         ix.add(ids, G, version="v1")
-        ix.backfill(ids[:150], Z[:150], version="v2")
-        rep = ix.calibrate("v2")
-        fit = rep["calibration"]["v2->v1"]
-        assert fit["a"] == pytest.approx(2.0, rel=1e-3) and fit["b"] == pytest.approx(0.0, abs=1e-3)
-        assert rep["calibration"]["v1->v2"]["a"] == pytest.approx(0.5, rel=1e-3)
-        # calibrated, a v2 query ranks a v1-only item and a backfilled one on the same scale
-        q = Z[150:160]
-        res = ix.search(q, k=1, version="v2", score="calibrated")
-        assert list(res.ids[:, 0]) == ids[150:160]  # each item is found through its old vector
-        np.testing.assert_allclose(res.scores[:, 0], (q * q).sum(1), rtol=1e-4)
+        ix.backfill(ids[:200], Z[:200], version="v2")
+        rep = ix.calibrate("v2")["calibration"]
+        own, cross = rep["v2->v2"], rep["v2->v1"]
+        assert not own["fallback"] and own["a"] > 0
+        assert cross["a"] == pytest.approx(2 * own["a"], rel=1e-4) and cross["b"] == pytest.approx(own["b"], rel=1e-4)
+        assert rep["v1->v1"]["a"] == pytest.approx(2 * rep["v1->v2"]["a"], rel=1e-4)
+        q = Z[[5, 250, 300, 390]]
+        truth = np.argsort(-(q @ Z.T), axis=1, kind="stable")[:, :10]
+        cal = ix.search(q, k=10, version="v2", score="calibrated")
+        assert [list(r) for r in cal.ids] == truth.tolist()
+        pad = ix.search(q, k=10, version="v2", score="pad")
+        assert (pad.versions == "v2").mean() > 0.9  # uncalibrated, backfilled items crowd out the rest
+        assert 0.3 < (cal.versions == "v2").mean() < 0.7

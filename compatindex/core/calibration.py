@@ -3,9 +3,9 @@
 Both fits use items that hold a vector of each of two versions (the held-out training pairs of
 an upgrade, or items already backfilled), and no query relevance data:
 
-- :func:`fit_calibration`: the positive affine map ``a * s + b`` that puts the scores of (query
-  version ``i``, gallery version ``u``) on the scale of ``i``'s own scores, by matching the top of
-  each query's score list under both (the part of the list a merge compares);
+- :func:`fit_calibration`: the positive affine map ``a * s + b`` that turns the scores of (query
+  version ``i``, gallery version ``u``) into the log-odds that the item is relevant (logistic
+  regression on the sample), the same scale for every pair of versions;
 - :func:`fit_fusion`: the weights of a query given in both versions, chosen on a proxy task: fused
   search of the stored old vectors must recover each sample item's neighbourhood among the other
   sample items, where the neighbourhood is what both models agree on (or shares the item's
@@ -46,16 +46,65 @@ def _check_pairs(Gi: np.ndarray, Gu: np.ndarray, di: int, du: int) -> tuple[np.n
     return Gi, Gu
 
 
-def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Gi: np.ndarray, Gu: np.ndarray,
-                    *, neighbours: int = 10) -> dict[str, Any]:
+def relevance(G_old: np.ndarray, Z_new: np.ndarray, labels: Sequence[Any] | None, *, neighbours: int) -> np.ndarray:
+    """``(n, n)`` bool: which sample items count as relevant to which (self never).
+
+    With labels: the items of the same label. Without: the items in both models' top-``neighbours``
+    (the neighbours both the old and the new model agree on: an upgrade may be a downgrade on a
+    given corpus, so neither model alone is taken as the truth).
+    """
+    n = len(G_old)
+    if labels is not None:
+        lab = np.asarray([str(x) for x in labels])
+        rel = lab[:, None] == lab[None, :]
+    else:
+        m = max(1, min(neighbours, n - 1))
+        rel = np.zeros((n, n), dtype=bool)
+        for S in (G_old @ G_old.T, Z_new @ Z_new.T):
+            S = S.copy()
+            np.fill_diagonal(S, -np.inf)
+            top = np.argpartition(-S, m - 1, axis=1)[:, :m]
+            mask = np.zeros((n, n), dtype=bool)
+            mask[np.repeat(np.arange(n), m), top.ravel()] = True
+            rel = mask if not rel.any() else rel & mask
+    np.fill_diagonal(rel, False)
+    return rel
+
+
+def _logistic(s: np.ndarray, y: np.ndarray, *, steps: int = 50, ridge: float = 1e-6) -> tuple[float, float, bool]:
+    """Fit ``P(y | s) = sigmoid(a s + b)`` by Newton's method (IRLS); returns ``(a, b, converged)``."""
+    mu, sd = float(s.mean()), float(s.std())
+    if not np.isfinite(sd) or sd == 0 or y.all() or not y.any():
+        return float("nan"), float("nan"), False
+    x = (s - mu) / sd  # standardized: the Newton steps stay well conditioned
+    w = np.zeros(2)
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    for _ in range(steps):
+        z = np.clip(X @ w, -30, 30)
+        p = 1.0 / (1.0 + np.exp(-z))
+        g = X.T @ (p - y)
+        H = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        try:
+            step = np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            return float("nan"), float("nan"), False
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    a = w[0] / sd
+    return float(a), float(w[1] - a * mu), bool(np.isfinite(w).all())
+
+
+def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndarray, Gu: np.ndarray,
+                    rel: np.ndarray) -> dict[str, Any]:
     """Fit ``(a, b)`` for (query version ``i``, gallery version ``u``) on items holding both.
 
-    The merge of a mixed gallery compares, for one query, the best scores of items stored in
-    ``u`` with the best scores of items stored in ``i``. So the map matches the distributions
-    that meet there: the mean and spread of each query's top-``neighbours`` scores against the
-    ``u`` vectors are mapped onto those of its top scores against the ``i`` vectors (the same
-    items, self excluded). A regression of one score on the other would shrink the noisier
-    cross-version scores towards their mean, and push items not yet backfilled out of the top.
+    The calibrated score is the log-odds that the stored item is relevant to the query,
+    ``logit P(rel | s) = a * s + b`` (logistic regression of the sample's relevance on the score).
+    Every pair of versions is fit against the same relevance, so a merge of a mixed gallery
+    compares like with like: how likely each item is to be a right answer, whichever model
+    embedded it. The map is affine and increasing (``a > 0``), so each shard keeps its order
+    and the merged top-k stays exact.
 
     Parameters
     ----------
@@ -63,49 +112,29 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Gi: np.ndar
         The index's versions by name.
     i, u:
         Query and gallery version names.
-    Gi, Gu:
-        ``(n, d_i)`` and ``(n, d_u)`` vectors of the same ``n`` items (as stored: normalized as the
-        metric says).
-    neighbours:
-        How many of each query's nearest sample items describe the top of its list.
+    Qi, Gu:
+        ``(n, d_i)`` query-version vectors and ``(n, d_u)`` gallery-version vectors of the same
+        ``n`` items (as stored: normalized as the metric says).
+    rel:
+        ``(n, n)`` bool relevance of item ``y`` to query item ``x`` (see :func:`relevance`).
 
     Returns
     -------
     dict
-        ``{"a", "b", "queries", "top_mean": [own, cross], "top_std": [own, cross], "fallback"}``;
-        ``fallback`` is True when the fit was not a positive finite map and the identity was kept.
+        ``{"a", "b", "queries", "positives", "fallback"}``; ``fallback`` is True when the fit was not a
+        positive finite map (e.g. the scores do not separate relevant items at all) and the
+        identity was kept.
     """
-    Gi, Gu = _check_pairs(Gi, Gu, versions[i].dim, versions[u].dim)
-    n = len(Gi)
-    R = Gi @ Gi.T                              # (n, n) the query version's own scores: the target scale
-    S = _project(versions, Gi, i, u) @ Gu.T    # (n, n) the same queries against the gallery version
-    np.fill_diagonal(R, -np.inf)
-    np.fill_diagonal(S, -np.inf)
-    m = max(1, min(neighbours, n - 1))
-    r = -np.partition(-R, m - 1, axis=1)[:, :m]   # (n, m) each query's top own scores
-    s = -np.partition(-S, m - 1, axis=1)[:, :m]   # (n, m) its top cross-version scores
-    mr, ms, sr, ss = float(r.mean()), float(s.mean()), float(r.std()), float(s.std())
-    a = sr / ss if ss > 0 else float("nan")
-    b = mr - a * ms
-    fallback = not (np.isfinite(a) and np.isfinite(b) and a > 1e-6)
+    Qi, Gu = _check_pairs(Qi, Gu, versions[i].dim, versions[u].dim)
+    n = len(Qi)
+    S = _project(versions, Qi, i, u) @ Gu.T    # (n, n) the queries of version i against version u's vectors
+    off = ~np.eye(n, dtype=bool)
+    a, b, ok = _logistic(S[off], rel[off].astype(np.float64))
+    fallback = not (ok and np.isfinite(a) and np.isfinite(b) and a > 1e-9)
     if fallback:
         a, b = 1.0, 0.0
-    return {"a": float(a), "b": float(b), "queries": int(n), "top_mean": [mr, ms], "top_std": [sr, ss],
+    return {"a": float(a), "b": float(b), "queries": int(n), "positives": int(rel[off].sum()),
             "fallback": bool(fallback)}
-
-
-def _targets(G_old: np.ndarray, Z_new: np.ndarray, labels: Sequence[Any] | None, m: int) -> list[np.ndarray]:
-    n = len(G_old)
-    if labels is not None:
-        lab = np.asarray([str(x) for x in labels])
-        return [np.flatnonzero((lab == lab[x]) & (np.arange(n) != x)) for x in range(n)]
-    So = G_old @ G_old.T
-    Sn = Z_new @ Z_new.T
-    np.fill_diagonal(So, -np.inf)
-    np.fill_diagonal(Sn, -np.inf)
-    to = np.argpartition(-So, m - 1, axis=1)[:, :m]
-    tn = np.argpartition(-Sn, m - 1, axis=1)[:, :m]
-    return [np.intersect1d(to[x], tn[x]) for x in range(n)]
 
 
 def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.ndarray, G_old: np.ndarray, *,
@@ -137,7 +166,8 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     Z_new, G_old = _check_pairs(Z_new, G_old, versions[new].dim, versions[old].dim)
     n = len(G_old)
     m = max(1, min(neighbours, n - 1))
-    targets = _targets(G_old, Z_new, labels, m)
+    rel = relevance(G_old, Z_new, labels, neighbours=m)
+    targets = [np.flatnonzero(rel[x]) for x in range(n)]
     useful = np.array([len(t) > 0 for t in targets])
     if not useful.any():
         raise InvalidInputError("no held-out item has a neighbour both models agree on; "

@@ -85,6 +85,7 @@ def validate_head(spec: HeadSpec, *, param: str = "head") -> tuple[int | None, i
             raise InvalidInputError(f"`{param}` layer {i} b must have shape ({W.shape[0]},)")
         prev = W.shape[0]
     in_dim = _arr(layers[0]["W"], "W").shape[1]
+    assert prev is not None  # layers is non-empty
     out_dim = prev
     if kind == "mlp" and spec.get("residual") and in_dim != out_dim:
         raise InvalidInputError(f"`{param}` is residual but maps {in_dim} -> {out_dim} dims")

@@ -164,7 +164,7 @@ def as_labels(labels: Any, *, n: int, param: str = "labels") -> list[Any] | None
     labels = list(labels)
     if len(labels) != n:
         raise InvalidInputError(f"`{param}` has {len(labels)} entries but `vectors` has {n} rows")
-    out = []
+    out: list[int | str | None] = []
     for v in labels:
         if v is None or isinstance(v, str):
             out.append(v)

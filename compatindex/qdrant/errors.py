@@ -59,14 +59,15 @@ def classify(exc: BaseException) -> str:
     try:
         import grpc
     except ImportError:  # pragma: no cover
-        grpc = None
-    if grpc is not None and isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return "unreachable"
-        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
-            return "transient"
-        return "fatal"
+        pass
+    else:
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                return "unreachable"
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
+                return "transient"
+            return "fatal"
     if isinstance(exc, (ConnectionError, TimeoutError)) and not isinstance(exc, CompatIndexError):
         return "unreachable"
     return "fatal"

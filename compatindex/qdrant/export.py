@@ -9,6 +9,7 @@ version).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import time
@@ -101,7 +102,7 @@ def export_index(src_path_or_index: Any, url: str, *, batch: int = 1024, progres
                         iids = [i for i, _ in chunk]
                         exts = [e for _, e in chunk]
                         held: list[list[str]] = [[] for _ in chunk]
-                        vecs: list[dict[str, list[float]]] = [{} for _ in chunk]
+                        vecs: list[dict[str, m.Vector]] = [{} for _ in chunk]
                         for v in vs:
                             x, ok = r.vectors(v.code, v.dim, iids)
                             for j in ok.nonzero()[0].tolist():
@@ -118,8 +119,8 @@ def export_index(src_path_or_index: Any, url: str, *, batch: int = 1024, progres
                             points = [m.PointStruct(id=pids[j], vector=vecs[j],
                                                     payload=item_payload(exts[j], lab, meta, iids[j]))
                                       for j, lab, meta in zip(todo, labels, attrs)]
-                            dst.points.call("upsert", lambda p=points: dst.client.upsert(dst.collection, points=p,
-                                                                                         wait=True))
+                            dst.points.call("upsert", functools.partial(dst.client.upsert, dst.collection,
+                                                                        points=points, wait=True))
                             copied += len(todo)
                         advance(len(chunk))
             problems = _check_counts(src, dst)

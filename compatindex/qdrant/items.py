@@ -10,6 +10,7 @@ backfilling the same items at once would overwrite each other's list (docs/scali
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import uuid
 from typing import Any, Callable
@@ -58,7 +59,7 @@ def holding(version: str, *, not_holding: tuple[str, ...] = ()) -> Any:
     """Filter: points that hold a vector of ``version`` and none of ``not_holding``."""
     from qdrant_client import models as m
 
-    must_not = [m.HasVectorCondition(has_vector=u) for u in not_holding] or None
+    must_not: list[m.Condition] | None = [m.HasVectorCondition(has_vector=u) for u in not_holding] or None
     return m.Filter(must=[m.HasVectorCondition(has_vector=version)], must_not=must_not)
 
 
@@ -85,8 +86,8 @@ class Points:
         out: dict[str, Any] = {}
         for lo in range(0, len(pids), 1024):
             chunk = pids[lo:lo + 1024]
-            recs = self.call("retrieve", lambda c=chunk: self.client.retrieve(
-                self.collection, ids=c, with_payload=payload, with_vectors=vectors))
+            recs = self.call("retrieve", functools.partial(
+                self.client.retrieve, self.collection, ids=chunk, with_payload=payload, with_vectors=vectors))
             out.update({str(r.id): r for r in recs})
         return out
 
@@ -95,8 +96,9 @@ class Points:
         out: list[Any] = []
         offset = None
         while True:
-            recs, offset = self.call("scroll", lambda o=offset: self.client.scroll(
-                self.collection, scroll_filter=flt, limit=page, offset=o, with_payload=payload, with_vectors=vectors))
+            recs, offset = self.call("scroll", functools.partial(
+                self.client.scroll, self.collection, scroll_filter=flt, limit=page, offset=offset,
+                with_payload=payload, with_vectors=vectors))
             out.extend(recs)
             if offset is None:
                 return out

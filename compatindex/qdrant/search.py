@@ -10,6 +10,7 @@ search costs one round trip whatever the number of queries and versions.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -36,7 +37,8 @@ def run(call: Callable[[str, Callable[[], Any]], Any], client: Any, collection: 
     responses: list[Any] = []
     for lo in range(0, len(requests), MAX_BATCH):
         chunk = requests[lo:lo + MAX_BATCH]
-        responses.extend(call("query_batch_points", lambda c=chunk: client.query_batch_points(collection, requests=c)))
+        responses.extend(call("query_batch_points", functools.partial(client.query_batch_points, collection,
+                                                                      requests=chunk)))
     table: list[ItemId] = []
     scores, keys = [], []
     for j in range(len(steps)):
@@ -46,7 +48,8 @@ def run(call: Callable[[str, Callable[[], Any]], Any], client: Any, collection: 
             for col, p in enumerate(responses[j * nq + qi].points[:k]):
                 D[qi, col] = p.score
                 K[qi, col] = len(table)
-                table.append((p.payload or {}).get("ext"))
+                payload: Any = p.payload or {}  # a point without "ext" (another tool's) gets id None
+                table.append(payload.get("ext"))
         scores.append(D)
         keys.append(K)
 

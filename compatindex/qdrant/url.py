@@ -18,9 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote
 
 from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
 
 DEFAULT_COLLECTION = "compatindex"
 REGISTRY_SUFFIX = "__registry"
@@ -55,7 +59,7 @@ class Target:
     def registry(self) -> str:
         return self.collection + REGISTRY_SUFFIX
 
-    def client(self):
+    def client(self) -> QdrantClient:
         """A ``QdrantClient`` for this target (nothing is contacted yet for a server)."""
         from qdrant_client import QdrantClient
 

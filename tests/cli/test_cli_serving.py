@@ -53,14 +53,14 @@ def test_calibrate_stores_and_shows_the_fit(served):
     path, *_ = served
     cli = Cli()
     out = json.loads(cli("calibrate", path, "--version", "v2", "--json").stdout)
-    assert set(out["calibration"]) == {"v2->v1", "v1->v2"}
+    assert set(out["calibration"]) == {"v2->v1", "v1->v2", "v2->v2", "v1->v1"}
     rows = {(i, u): (a, b) for i, u, a, b in out["serving"]["calibration"]}
     assert rows[("v2", "v1")][0] > 0 and rows[("v1", "v2")][0] > 0
     info = json.loads(cli("info", path, "--json").stdout)
     assert info["versions"]["v2"]["serving"]["calibration"] == out["serving"]["calibration"]
     vers = json.loads(cli("versions", path, "--json").stdout)
     assert [v["serving"] for v in vers["versions"] if v["name"] == "v2"][0] == out["serving"]
-    assert "calibration v2->v1" in cli("versions", path).stdout
+    assert "v2->v1 a=" in cli("versions", path).stdout
 
 
 @pytest.mark.parametrize("args, match", [

@@ -1,0 +1,272 @@
+"""Scenario 6: migration-time serving on Fashion-MNIST (docs/concepts.md, "Migration-time serving").
+
+During a migration the old encoder still runs, so each query can be embedded by both models and
+searched as ``{new: q_new, v1: q_old}``. This scenario measures, side by side in one run:
+
+- day one (nothing backfilled), for each new-model recipe: old/old; new/old through the version
+  algebra alone (``renorm`` and ``calibrated``); and the fused query with the weights and
+  calibration that ``Index.fit_serving`` stored from a held-out 2% sample of the gallery
+  re-embedded by the new model (disjoint from the pairs the post-hoc fit used). Recipes: the
+  trainer's OCA backbone, and an independent new model made compatible post hoc by ``upgrade``;
+- backfill curves of the OCA version under ``pad``, ``renorm`` and ``calibrated`` (calibration
+  refit by ``Index.calibrate`` from the items backfilled so far), random and uncertainty orders,
+  with their areas;
+- the old-client curve: v1 queries while the gallery is backfilled with ``drop_old`` (the
+  backfilled items keep only their new vector), under ``renorm`` and ``calibrated``.
+
+top-1/top-5 come from ``Index.search`` hits; mAP from a brute force of the same scores over the
+whole gallery (day one: the composed query of the v1 shard against every stored v1 vector).
+
+Run: ``.venv/bin/python -m bench.run serving [--quick]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backfill import uncertainty_order
+from .common import RESULTS, Timer, cmc_from_hits, command_line, fmt, log, machine, md_table, mean_ap, png_name, \
+    write_result
+from .fmnist import D_OLD, DELTA, fresh_index, gallery_prototypes, load_data, setup, train_model
+
+SCORES = ("pad", "renorm", "calibrated")
+
+
+def _hits(index: Any, queries: Any, k: int, *, version: str | None = None, score: str = "renorm",
+          raw: bool = False, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``Index.search`` in batches (single- or multi-version queries); ``(ids (nq,k), versions (nq,k))``."""
+    multi = isinstance(queries, dict)
+    n = len(next(iter(queries.values()))) if multi else len(queries)
+    ids, vers = [], []
+    for s in range(0, n, batch):
+        q = {kk: v[s:s + batch] for kk, v in queries.items()} if multi else queries[s:s + batch]
+        r = index.search(q, k, score=score, raw=raw) if multi else index.search(q, k, version=version, score=score, raw=raw)
+        ids.append(np.array([[(-1 if x is None else x) for x in row] for row in r.ids], dtype=np.int64))
+        vers.append(r.versions)
+    return np.vstack(ids), np.vstack(vers)
+
+
+def _map(q: np.ndarray, gallery: np.ndarray, yq: np.ndarray, yg: np.ndarray, n: int) -> float:
+    """mAP over the full ranking of ``q @ gallery.T`` (first ``n`` queries)."""
+    S = q[:n].astype(np.float32) @ gallery.T
+    return float(np.nanmean(mean_ap(S, yq[:n, None] == yg[None, :])))
+
+
+def _composed_v1(index: Any, parts: dict[str, np.ndarray], score: str) -> np.ndarray:
+    """The query the v1 shard is searched with (the fused day-one ranking, on an all-old gallery)."""
+    queries: Any = parts if len(parts) > 1 else next(iter(parts.values()))
+    version = None if len(parts) > 1 else next(iter(parts))
+    return index.composed_queries(queries, version=version, score=score)["v1"][0]
+
+
+def _day_one(index: Any, version: str, q_new: np.ndarray, q_old: np.ndarray, G_old: np.ndarray, yq, yg, n_map: int,
+             *, raw: bool, oo: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for score in ("renorm", "calibrated"):
+        ids, _ = _hits(index, q_new, 5, version=version, score=score, raw=raw)
+        c = cmc_from_hits(yg[ids], yq)
+        qv = index.to_version_space(q_new, version=version) if raw else q_new
+        c["mAP"] = _map(_composed_v1(index, {version: qv}, score), G_old, yq, yg, n_map)
+        out[f"new_old_{score}"] = c
+    # fused: new and old query together, the stored weights and calibration
+    parts = {version: index.to_version_space(q_new, version=version) if raw else q_new, "v1": q_old}
+    ids, _ = _hits(index, parts, 5, score="calibrated")
+    c = cmc_from_hits(yg[ids], yq)
+    c["mAP"] = _map(_composed_v1(index, parts, "calibrated"), G_old, yq, yg, n_map)
+    out["fused"] = c
+    out["fusion"] = index.version(version).serving.get("fusion")
+    out["fused_beats_old_old"] = {m: bool(c[m] > oo[m]) for m in ("top1", "mAP")}
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from compatindex.trainer import upgrade
+
+    s = setup(quick)
+    T = Timer()
+    data = load_data(s)
+    yg, yq = data["yg"], data["yq"]
+    ng = len(yg)
+    ids = np.arange(ng)
+    n_map = min(len(yq), 500 if quick else 2000)
+    rng = np.random.default_rng(s.seed + 11)
+    perm = rng.permutation(ng)
+    pair_ids = np.sort(perm[: ng // 10])                        # the post-hoc fit's pairs (10%)
+    serve_ids = np.sort(perm[ng // 10: ng // 10 + ng // 50])    # held out for the serving fit (2%)
+    old = train_model("old", s, data, method="independent", classes=5, d_out=D_OLD, epochs=s.epochs_old)
+    G_old = old["gallery"]
+    index = fresh_index("serving", s)
+    index.create_version("v1", dim=D_OLD)
+    index.add(ids, G_old, labels=yg)
+    P = gallery_prototypes(index, "v1", 10)
+    oca = train_model("oca", s, data, method="oca", classes=10, d_out=D_OLD + DELTA, d_parent=D_OLD, prototypes=P)
+    ind = train_model("independent", s, data, method="independent", classes=10, d_out=D_OLD + DELTA)
+    oo_ids, _ = _hits(index, old["query"], 5, version="v1")
+    oo = cmc_from_hits(yg[oo_ids], yq)
+    oo["mAP"] = _map(old["query"], G_old, yq, yg, n_map)
+    oo_ok = yg[oo_ids[:, 0]] == yq
+    log(f"serving: old/old top1 {oo['top1']:.3f} mAP {oo['mAP']:.3f}")
+
+    day_one: dict[str, Any] = {}
+    # recipe 1: the trainer's OCA backbone (its outputs are v2-space vectors)
+    index.register_version("oca", "v1", D_OLD + DELTA, report={"trainer": "train_backbone", "method": "oca"})
+    fit = index.fit_serving("oca", oca["gallery"][serve_ids], serve_ids.tolist(), labels=yg[serve_ids].tolist())
+    day_one["oca"] = {**_day_one(index, "oca", oca["query"], old["query"], G_old, yq, yg, n_map, raw=False, oo=oo),
+                      "serving_fit": _fit_summary(fit)}
+    # recipe 2: an independent model made compatible after the fact by the trainer (default method)
+    t = Timer()
+    v, rep = upgrade(index, ind["gallery"][pair_ids], pair_ids.tolist(), name="posthoc", parent="v1", force=True,
+                     steps=50 if quick else 300)
+    fit = index.fit_serving("posthoc", ind["gallery"][serve_ids], serve_ids.tolist(), raw=True,
+                            labels=yg[serve_ids].tolist())
+    day_one["independent+upgrade"] = {**_day_one(index, "posthoc", ind["query"], old["query"], G_old, yq, yg, n_map,
+                                                 raw=True, oo=oo),
+                                      "upgrade_seconds": t(), "method": rep.get("method"),
+                                      "serving_fit": _fit_summary(fit)}
+    for name, r in day_one.items():
+        log(f"day one {name}: new/old {r['new_old_renorm']['top1']:.3f}, calibrated {r['new_old_calibrated']['top1']:.3f},"
+            f" fused {r['fused']['top1']:.3f} (w={r['fusion']})")
+    index.close()
+
+    # backfill curves of the OCA version
+    ps = np.array([0.0, 0.25, 0.5, 0.75, 1.0] if quick else np.round(np.linspace(0.0, 1.0, 11), 1))
+    orders = {"random": np.random.default_rng(s.seed + 2).permutation(ng),
+              "uncertainty": uncertainty_order(G_old, yg, P)}
+    curves: dict[str, Any] = {}
+    for oname, order in orders.items():
+        ix = fresh_index(f"serving-{oname}", s)
+        ix.create_version("v1", dim=D_OLD)
+        ix.add(ids, G_old, labels=yg)
+        ix.register_version("oca", "v1", D_OLD + DELTA)
+        ix.fit_serving("oca", oca["gallery"][serve_ids], serve_ids.tolist(), labels=yg[serve_ids].tolist())
+        done = 0
+        pts: dict[str, list[dict[str, float]]] = {sc: [] for sc in SCORES}
+        for p in ps:
+            upto = int(round(p * ng))
+            if upto > done:
+                sel = order[done:upto]
+                ix.backfill(sel, oca["gallery"][sel], version="oca")
+                done = upto
+                ix.calibrate("oca")  # the backfilled items are exact pairs
+            for sc in SCORES:
+                hits, vers = _hits(ix, oca["query"], 5, version="oca", score=sc)
+                c = cmc_from_hits(yg[hits], yq)
+                c["nfr"] = float(np.mean(oo_ok & (yg[hits[:, 0]] != yq)))
+                c["share_new_hits_top5"] = float(np.mean(vers == "oca"))
+                c["p"] = float(p)
+                pts[sc].append(c)
+            log(f"backfill {oname} p={p:.2f}: " + ", ".join(f"{sc} {pts[sc][-1]['top1']:.3f}" for sc in SCORES))
+        ix.close()
+        curves[oname] = pts
+    # the old client: v1 queries while the gallery is backfilled with drop_old
+    ix = fresh_index("serving-oldclient", s)
+    ix.create_version("v1", dim=D_OLD)
+    ix.add(ids, G_old, labels=yg)
+    ix.register_version("oca", "v1", D_OLD + DELTA)
+    ix.fit_serving("oca", oca["gallery"][serve_ids], serve_ids.tolist(), labels=yg[serve_ids].tolist())
+    order = orders["random"]
+    done = 0
+    old_client: dict[str, list[dict[str, float]]] = {"renorm": [], "calibrated": []}
+    for p in ps:
+        upto = int(round(p * ng))
+        if upto > done:
+            sel = order[done:upto]
+            if done == 0 and upto < ng:
+                # keep the calibration pairs: calibrate from the items' vectors before they are dropped
+                ix.backfill(sel, oca["gallery"][sel], version="oca")
+                ix.calibrate("oca")
+                ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
+            else:
+                ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
+            done = upto
+        for sc in old_client:
+            hits, _ = _hits(ix, old["query"], 5, version="v1", score=sc)
+            c = cmc_from_hits(yg[hits], yq)
+            c["p"] = float(p)
+            old_client[sc].append(c)
+        log(f"old client p={p:.2f}: " + ", ".join(f"{sc} {old_client[sc][-1]['top1']:.3f}" for sc in old_client))
+    ix.close()
+
+    auc = {f"{o}/{sc}": float(np.trapezoid([d["top1"] for d in lst], [d["p"] for d in lst]))
+           for o, pts in curves.items() for sc, lst in pts.items()}
+    goals: dict[str, Any] = {"day_one_fused_above_old_old": {n: r["fused_beats_old_old"] for n, r in day_one.items()}}
+    for o, pts in curves.items():
+        cal = pts["calibrated"]
+        worst_drop = max(cal[0]["top1"] - d["top1"] for d in cal)
+        goals[f"calibrated_{o}"] = {
+            "worst_drop_below_p0_points": 100 * worst_drop, "drop_met": bool(100 * worst_drop <= 0.5),
+            "auc": auc[f"{o}/calibrated"], "best_other_auc": max(auc[f"{o}/pad"], auc[f"{o}/renorm"]),
+            "auc_met": bool(auc[f"{o}/calibrated"] >= max(auc[f"{o}/pad"], auc[f"{o}/renorm"]) - 1e-12)}
+    for sc, lst in old_client.items():
+        worst = max(oo["top1"] - d["top1"] for d in lst)
+        goals[f"old_client_{sc}"] = {"worst_below_old_old_points": 100 * worst, "met": bool(100 * worst <= 0.5)}
+    res = {"scenario": "serving", "quick": quick, "command": command_line(), "machine": machine(),
+           "setup": {"n_gallery": ng, "n_query": len(yq), "n_query_mAP": n_map, "pairs_fraction": 0.1,
+                     "serving_fit_fraction": 0.02, "p": ps, "orders": list(orders)},
+           "old_old": oo, "day_one": day_one, "curves": curves, "old_client": old_client, "auc_top1": auc,
+           "goals": goals}
+    res["seconds"] = T()
+    res["plot"] = plot(res, quick)
+    write_result("serving", res, markdown(res), quick=quick)
+    return res
+
+
+def _fit_summary(fit: dict[str, Any]) -> dict[str, Any]:
+    f = fit.get("fusion") or {}
+    return {"calibration": {k: {"a": v["a"], "b": v["b"], "fallback": v["fallback"]} for k, v in fit["calibration"].items()},
+            "fusion": f.get("fusion"), "proxy_score": f.get("score"), "proxy_old_only": f.get("old_only_score"),
+            "proxy_gain": f.get("gain")}
+
+
+def plot(r: dict[str, Any], quick: bool) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    for oname, pts in r["curves"].items():
+        for sc, lst in pts.items():
+            ax.plot([d["p"] for d in lst], [d["top1"] for d in lst], marker="o", ms=3,
+                    ls="-" if sc == "calibrated" else ":", label=f"{oname} / {sc}")
+    ax.axhline(r["old_old"]["top1"], color="grey", lw=0.8, ls="--", label="old/old")
+    ax.set_xlabel("fraction of the gallery backfilled (p)")
+    ax.set_ylabel("top-1, new queries")
+    ax.set_title("backfill curves (OCA version)")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for sc, lst in r["old_client"].items():
+        ax.plot([d["p"] for d in lst], [d["top1"] for d in lst], marker="o", ms=3, label=f"v1 queries / {sc}")
+    ax.axhline(r["old_old"]["top1"], color="grey", lw=0.8, ls="--", label="old/old")
+    ax.set_xlabel("fraction backfilled with drop_old (p)")
+    ax.set_ylabel("top-1, old client")
+    ax.set_title("old clients during the backfill")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = png_name("serving", quick)
+    fig.savefig(RESULTS / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def markdown(r: dict[str, Any]) -> str:
+    oo = r["old_old"]
+    rows = [["old/old (no upgrade)", "–", fmt(oo["top1"]), fmt(oo["mAP"])]]
+    for name, d in r["day_one"].items():
+        rows.append([f"{name}: new/old renorm", "–", fmt(d["new_old_renorm"]["top1"]), fmt(d["new_old_renorm"]["mAP"])])
+        rows.append([f"{name}: new/old calibrated", "–", fmt(d["new_old_calibrated"]["top1"]),
+                     fmt(d["new_old_calibrated"]["mAP"])])
+        w = d["fusion"] or {}
+        rows.append([f"{name}: fused (new + old query)", ", ".join(f"{k}={v:g}" for k, v in w.items()),
+                     fmt(d["fused"]["top1"]), fmt(d["fused"]["mAP"])])
+    out = [f"Gallery {r['setup']['n_gallery']}, {r['setup']['n_query']} queries; mAP on "
+           f"{r['setup']['n_query_mAP']} queries. Day one (nothing backfilled):\n",
+           md_table(["setting", "fusion weights", "top-1", "mAP"], rows)]
+    auc_rows = [[k, f"{v:.4f}"] for k, v in r["auc_top1"].items()]
+    out += ["\nArea under the top-1 backfill curve:\n", md_table(["order / score", "AUC top-1"], auc_rows)]
+    goal_rows = [[k, str(v)] for k, v in r["goals"].items()]
+    out += ["\nGoals:\n", md_table(["goal", "result"], goal_rows), f"\n![serving]({r['plot']})\n"]
+    return "".join(out)
