@@ -30,7 +30,7 @@ def calibrate(
                      show_default=False),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", callback=at_least_one,
-                                       help="Most items holding both versions used for the fit.")] = 5000,
+                                       help="Most items holding both versions used for the fit (the fit is quadratic in it).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the draw when more items hold both versions.")] = 0,
     lock_timeout: LockTimeout = 0.0,
     json_out: Json = False,

@@ -482,7 +482,7 @@ class Index:
         G = self.get_vectors(ids_l, version=old.name)
         return self._fit_and_store(v, old, Z, G, labels=as_labels(labels, n=len(Z)), fusion=fusion)
 
-    def calibrate(self, version: str, *, against: str | None = None, limit: int = 5000, seed: int = 0) -> dict[str, Any]:
+    def calibrate(self, version: str, *, against: str | None = None, limit: int = 2000, seed: int = 0) -> dict[str, Any]:
         """Refit the calibration of ``version`` from items that hold vectors of both it and ``against``.
 
         After any partial backfill those items are exact pairs. Stored fusion weights are kept.
@@ -492,7 +492,9 @@ class Index:
         old = self._lookup(against if against is not None else v.parent, param="against")
         if old.name == v.name:
             raise InvalidInputError(f"`against` must be another version than {v.name!r}")
-        both = self.backend.sample(v, None, np.random.default_rng(seed))
+        # a draw of the version's items (bounded: memory follows `limit`, not the gallery), of which
+        # those that also hold `against` are the pairs
+        both = self.backend.sample(v, 4 * limit, np.random.default_rng(seed))
         _, held = self.backend.vectors(old, list(both.ids))
         pick = np.flatnonzero(held)
         if len(pick) < 3:
