@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 # torch first and pinned: an unpinned torch (or one pulled by another package) is a multi-GB CUDA build.
 .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,train,io,qdrant,dev]"
-# Real data that installs offline (shared notes data.md): Fashion-MNIST images and WordNet.
+# Real data from Debian packages (no download at run time): Fashion-MNIST images and WordNet, read
+# by the demo, the benchmarks and the tests marked `data` (bench/README.md, "What it installs").
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 [ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)

@@ -1,5 +1,5 @@
 """Helpers shared by the core tests: a random orthogonal matrix and a naive brute-force model
-of the index (design.md §2), written without any code from the library."""
+of the index (docs/concepts.md), written without any code from the library."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def random_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
 
 class BruteForce:
     """A naive model of the index: dicts of vectors, the representative rule and the score table
-    written out directly from design.md §2 (no code shared with the library)."""
+    written out directly from docs/concepts.md (no code shared with the library)."""
 
     def __init__(self, metric: str = "cosine") -> None:
         self.metric = metric

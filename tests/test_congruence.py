@@ -1,4 +1,4 @@
-"""Cross-version search equals brute force over representative vectors (design.md §2)."""
+"""Cross-version search equals brute force over representative vectors (docs/concepts.md)."""
 
 from __future__ import annotations
 
