@@ -27,8 +27,8 @@ app = typer.Typer(
     help=(
         "An on-disk multi-version vector index whose embedding-model upgrades are backward compatible.\n\n"
         "\b\nQuick start:\n"
-        "  compatindex init my.index --dim 128\n"
-        "  compatindex add my.index vectors.npy\n"
+        "  compatindex init my.index --dim 64 --name v1\n"
+        "  compatindex add my.index vectors.npy --ids ids.txt --labels labels.txt\n"
         "  compatindex search my.index queries.npy -k 10 --json\n\n"
         "Exit codes: 0 success, 1 an error in the files, the data or the index, 2 a usage error."
     ),
@@ -84,7 +84,7 @@ try:  # the trainer's command; absent (or not importable) until it lands
 except ImportError:  # pragma: no cover
     upgrade_module = None  # type: ignore[assignment]
 if upgrade_module is not None and callable(getattr(upgrade_module, "upgrade", None)):
-    app.command("upgrade")(upgrade_module.upgrade)
+    app.command("upgrade", epilog=getattr(upgrade_module, "EXAMPLES", None))(upgrade_module.upgrade)
 
 
 def main() -> None:
