@@ -173,8 +173,9 @@ def _planted(rng, n=400, classes=20, noise_old=1.0, noise_new=1.0, d=16):
 
 @pytest.mark.parametrize("noise_old, noise_new, lo, hi", [
     (1.6, 1.6, 0.3, 0.7),   # equal, independent errors: averaging both wins
-    (1.2, 30.0, 0.0, 0.0),  # the new model is junk: old only
-    (30.0, 1.2, 0.8, 1.0),  # the old model is junk: (almost) new only
+    (2.0, 0.8, 0.5, 1.0),   # the new model is better: it gets the larger weight
+    (1.2, 30.0, 0.0, 0.5),  # the new model is junk: the old one keeps the larger weight (and,
+                            # calibrated, the junk term's slope is near zero)
 ])
 def test_fusion_weights_recovered_on_a_planted_case(noise_old, noise_new, lo, hi):
     rng = np.random.default_rng(4)

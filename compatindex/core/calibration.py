@@ -9,8 +9,9 @@ an upgrade, or items already backfilled), and no query relevance data:
 - :func:`fit_fusion`: the weights of a query given in both versions, chosen on a proxy task: fused
   search of the stored old vectors must recover each sample item's neighbourhood among the other
   sample items, where the neighbourhood is what both models agree on (or shares the item's
-  label, when labels are given). The old-only weights are always a candidate, and the chosen
-  weights are never below them on that task.
+  label, when labels are given). The old-only weights are always a candidate, the chosen weights
+  are never below them on that task, and among weights within one standard error of the best the
+  one closest to the old model is kept.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     -------
     dict
         ``{"fusion": {new: w, old: 1 - w}, "score", "old_only_score", "new_only_score", "gain",
-        "queries", "grid": {w: score}}``.
+        "queries", "grid": {w: score}, "best_weight"}``; ``best_weight`` is the grid's top scorer, and the
+        chosen weight is the smallest within one standard error of it.
     """
     Z_new, G_old = _check_pairs(Z_new, G_old, versions[new].dim, versions[old].dim)
     n = len(G_old)
@@ -174,19 +176,31 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
                                 "fusion weights cannot be fit from this sample")
     cal = dict(calibration or {})
     parts = [(versions[new], Z_new.astype(np.float32)), (versions[old], G_old.astype(np.float32))]
-    scores: dict[float, float] = {}
+    rows = np.flatnonzero(useful)
+    per_query: dict[float, np.ndarray] = {}
     for w in grid:
         plan = compose(versions, parts, [float(w), 1.0 - float(w)], score, cal)
         q_old = next(qu for name, qu, _, _ in plan if name == old)  # the composed query on the old gallery
         S = q_old.astype(np.float64) @ G_old.T
         np.fill_diagonal(S, -np.inf)
         top = np.argpartition(-S, m - 1, axis=1)[:, :m]
-        rec = [len(np.intersect1d(top[x], targets[x])) / min(len(targets[x]), m) for x in np.flatnonzero(useful)]
-        scores[float(w)] = float(np.mean(rec))
+        per_query[float(w)] = np.array([len(np.intersect1d(top[x], targets[x])) / min(len(targets[x]), m)
+                                        for x in rows])
+    scores = {w: float(r.mean()) for w, r in per_query.items()}
+    top_w = max(scores, key=lambda w: (round(scores[w], 12), -w))
+    # One-standard-error rule, towards the old model: the smallest new-model weight whose score is
+    # within one standard error (of its paired difference to the best) of the best. Staying closer
+    # to the old model needs no evidence; moving away from it does.
+    best = top_w
+    for w in sorted(scores):
+        d = per_query[top_w] - per_query[w]
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        if scores[top_w] - scores[w] <= se:
+            best = w
+            break
     old_only = scores.get(0.0)
-    best = max(scores, key=lambda w: (round(scores[w], 12), -w))  # ties: the smaller new-model weight
     if old_only is not None and scores[best] < old_only:
         best = 0.0
     return {"fusion": {new: best, old: round(1.0 - best, 10)}, "score": scores[best], "old_only_score": old_only,
             "new_only_score": scores.get(1.0), "gain": None if old_only is None else scores[best] - old_only,
-            "queries": int(useful.sum()), "grid": {str(w): s for w, s in scores.items()}}
+            "queries": int(useful.sum()), "grid": {str(w): s for w, s in scores.items()}, "best_weight": top_w}
