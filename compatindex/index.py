@@ -447,19 +447,23 @@ class Index:
         self.backend.set_serving(v.name, serving)
         return self._versions[v.name]
 
-    def fit_serving(self, version: str, vectors: Any, ids: Any, *, against: str | None = None,
-                    labels: Any = None, raw: bool = False, fusion: bool = True) -> dict[str, Any]:
-        """Fit and store the serving parameters of ``version`` from held-out items.
+    def fit_serving(self, version: str, vectors: Any, ids: Any = None, *, old_vectors: Any = None,
+                    against: str | None = None, labels: Any = None, raw: bool = False,
+                    fusion: bool = True) -> dict[str, Any]:
+        """Fit and store the serving parameters of ``version`` from held-out pairs.
 
         Parameters
         ----------
         version:
             The new version.
         vectors:
-            ``(n, d_version)`` vectors of ``version`` for ``ids`` (raw encoder outputs when ``raw``),
-            e.g. the held-out pairs of an upgrade; their stored vectors of ``against`` are read.
+            ``(n, d_version)`` vectors of ``version`` (raw encoder outputs when ``raw``).
         ids:
-            ``(n,)`` ids that hold a vector of ``against``.
+            ``(n,)`` ids of stored items holding a vector of ``against`` (e.g. the held-out pairs of an
+            upgrade): their stored vectors are the other half of each pair.
+        old_vectors:
+            Instead of ``ids``: ``(n, d_against)`` vectors of ``against`` for the same ``n`` things, e.g.
+            a sample of recent queries embedded by both encoders during the migration.
         against:
             The old version (default: ``version``'s parent).
         labels:
@@ -477,9 +481,16 @@ class Index:
         old = self._lookup(against if against is not None else v.parent, param="against")
         if old.name == v.name:
             raise InvalidInputError(f"`against` must be another version than {v.name!r}")
+        if (ids is None) == (old_vectors is None):
+            raise InvalidInputError("give exactly one of `ids` (stored items) and `old_vectors` (the pairs' other half)")
         Z = self._prepare(vectors, v, raw=raw, param="vectors")
-        ids_l, _ = as_ids(ids, n=len(Z))
-        G = self.get_vectors(ids_l, version=old.name)
+        if ids is not None:
+            ids_l, _ = as_ids(ids, n=len(Z))
+            G = self.get_vectors(ids_l, version=old.name)
+        else:
+            G = self._prepare(old_vectors, old, raw=False, param="old_vectors")
+            if len(G) != len(Z):
+                raise InvalidInputError(f"`old_vectors` holds {len(G)} rows, `vectors` {len(Z)}; they must pair up")
         return self._fit_and_store(v, old, Z, G, labels=as_labels(labels, n=len(Z)), fusion=fusion)
 
     def calibrate(self, version: str, *, against: str | None = None, limit: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -8,8 +8,8 @@ an upgrade, or items already backfilled), and no query relevance data:
   regression on the sample), the same scale for every pair of versions;
 - :func:`fit_fusion`: the weights of a query given in both versions, chosen on a proxy task: fused
   search of the stored old vectors must recover each sample item's neighbourhood among the other
-  sample items, where the neighbourhood is what both models agree on (or shares the item's
-  label, when labels are given). The old-only weights are always a candidate, the chosen weights
+  sample items and rank it first, where the neighbourhood is what both models agree on (or the
+  items of the same label, when labels are given). The old-only weights are always a candidate, the chosen weights
   are never below them on that task, and among weights within one standard error of the best the
   one closest to the old model is kept.
 """
@@ -138,9 +138,19 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndar
             "fallback": bool(fallback)}
 
 
+def _average_precision(S: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """``(q,)`` average precision of each row's relevant columns in the ranking by ``S`` (``(q, n)``)."""
+    order = np.argsort(-S, axis=1, kind="stable")
+    hits = np.take_along_axis(rel, order, axis=1)
+    ranks = np.arange(1, S.shape[1] + 1)
+    prec = np.cumsum(hits, axis=1) / ranks
+    npos = np.maximum(hits.sum(axis=1), 1)
+    return (prec * hits).sum(axis=1) / npos
+
+
 def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.ndarray, G_old: np.ndarray, *,
                labels: Sequence[Any] | None = None, calibration: Mapping[tuple[str, str], tuple[float, float]] | None = None,
-               score: Score = Score.CALIBRATED, neighbours: int = 10, grid: Sequence[float] = FUSION_GRID) -> dict[str, Any]:
+               score: Score = Score.CALIBRATED, neighbours: int = 50, grid: Sequence[float] = FUSION_GRID) -> dict[str, Any]:
     """Choose the weights of a query given in versions ``new`` and ``old`` on held-out sample items.
 
     Parameters
@@ -153,54 +163,72 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     calibration:
         The (query, gallery) calibration the served search will use.
     neighbours:
-        ``m``: the target is the items in both models' top-``m`` (self excluded), and the proxy score
-        is the mean recall of the target in the fused top-``m``.
+        ``m`` (at most 5% of the sample): without labels the targets are the items in both models'
+        top-``m`` (self excluded);
+        the proxy score is the mean average precision of the targets in the fused ranking.
     grid:
         Candidate weights of ``new``.
 
     Returns
     -------
     dict
-        ``{"fusion": {new: w, old: 1 - w}, "score", "old_only_score", "new_only_score", "gain",
-        "queries", "grid": {w: score}, "best_weight"}``; ``best_weight`` is the grid's top scorer, and the
-        chosen weight is the smallest within one standard error of it.
+        ``{"fusion": {new: w, old: 1 - w}, "score", "old_only_score", "gain", "gains", "old_only",
+        "queries", "grid": {w: objective}, "best_weight"}``. The objective of a weight is the smaller
+        of its gains over the old query alone in average precision of the targets and in the first
+        hit being a target (0 for the old-only weights); ``best_weight`` is the grid's top scorer,
+        and the chosen weight is the smallest within one standard error of it (old-only when no
+        weight gains on both).
     """
     Z_new, G_old = _check_pairs(Z_new, G_old, versions[new].dim, versions[old].dim)
     n = len(G_old)
-    m = max(1, min(neighbours, n - 1))
+    m = max(1, min(neighbours, n // 20, n - 1))  # a neighbourhood of at most 5% of the sample
+    # With labels, the targets are the items of the same label; without, the neighbours both models
+    # agree on (each model's top-m: neither is taken as the better one). The proxy is the average
+    # precision of the targets in the fused ranking of the other sample items' old vectors: the
+    # old query alone already holds the agreed neighbours in its top-m, and what fusion can add is
+    # ranking them first.
     rel = relevance(G_old, Z_new, labels, neighbours=m)
-    targets = [np.flatnonzero(rel[x]) for x in range(n)]
-    useful = np.array([len(t) > 0 for t in targets])
+    target_sets = [[np.flatnonzero(rel[x]) for x in range(n)]]
+    targets = target_sets[0]
+    useful = np.array([all(len(ts[x]) > 0 for ts in target_sets) for x in range(n)])
     if not useful.any():
         raise InvalidInputError("no held-out item has a neighbour both models agree on; "
                                 "fusion weights cannot be fit from this sample")
     cal = dict(calibration or {})
     parts = [(versions[new], Z_new.astype(np.float32)), (versions[old], G_old.astype(np.float32))]
     rows = np.flatnonzero(useful)
-    per_query: dict[float, np.ndarray] = {}
-    for w in grid:
-        plan = compose(versions, parts, [float(w), 1.0 - float(w)], score, cal)
+    ap: dict[float, np.ndarray] = {}
+    p1: dict[float, np.ndarray] = {}
+    for w in sorted({0.0, *map(float, grid)}):
+        plan = compose(versions, parts, [w, 1.0 - w], score, cal)
         q_old = next(qu for name, qu, _, _ in plan if name == old)  # the composed query on the old gallery
         S = q_old.astype(np.float64) @ G_old.T
         np.fill_diagonal(S, -np.inf)
-        top = np.argpartition(-S, m - 1, axis=1)[:, :m]
-        per_query[float(w)] = np.array([len(np.intersect1d(top[x], targets[x])) / min(len(targets[x]), m)
-                                        for x in rows])
-    scores = {w: float(r.mean()) for w, r in per_query.items()}
-    top_w = max(scores, key=lambda w: (round(scores[w], 12), -w))
-    # One-standard-error rule, towards the old model: the smallest new-model weight whose score is
-    # within one standard error (of its paired difference to the best) of the best. Staying closer
-    # to the old model needs no evidence; moving away from it does.
-    best = top_w
-    for w in sorted(scores):
-        d = per_query[top_w] - per_query[w]
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-        if scores[top_w] - scores[w] <= se:
-            best = w
-            break
-    old_only = scores.get(0.0)
-    if old_only is not None and scores[best] < old_only:
-        best = 0.0
-    return {"fusion": {new: best, old: round(1.0 - best, 10)}, "score": scores[best], "old_only_score": old_only,
-            "new_only_score": scores.get(1.0), "gain": None if old_only is None else scores[best] - old_only,
-            "queries": int(useful.sum()), "grid": {str(w): s for w, s in scores.items()}, "best_weight": top_w}
+        ap[w] = _average_precision(S[rows], rel[rows])
+        p1[w] = rel[rows, np.argmax(S[rows], axis=1)].astype(np.float64)
+    # The objective is the smaller of the two gains over the old query alone, in average precision
+    # of the targets and in the first hit being one: a day-one search must not trade one for the
+    # other (weights that lose on either score <= 0, as the old-only weights do).
+    gains = {w: (float((ap[w] - ap[0.0]).mean()), float((p1[w] - p1[0.0]).mean())) for w in ap}
+    objective = {w: min(g) for w, g in gains.items()}
+    top_w = max(objective, key=lambda w: (round(objective[w], 12), -w))
+    best = 0.0
+    if objective[top_w] > 0:
+        # One-standard-error rule, towards the old model: the smallest weight whose objective is
+        # within one standard error of the best (of the paired difference in the metric that binds
+        # at the best). Staying closer to the old model needs no evidence; moving away does.
+        bind = ap if gains[top_w][0] <= gains[top_w][1] else p1
+        best = top_w
+        for w in sorted(objective):
+            if objective[w] <= 0:
+                continue
+            d = bind[top_w] - bind[w]
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            if objective[top_w] - objective[w] <= se:
+                best = w
+                break
+    return {"fusion": {new: best, old: round(1.0 - best, 10)}, "score": objective[best], "old_only_score": 0.0,
+            "gain": objective[best], "gains": {"AP": gains[best][0], "P@1": gains[best][1]},
+            "old_only": {"AP": float(ap[0.0].mean()), "P@1": float(p1[0.0].mean())},
+            "queries": int(useful.sum()), "grid": {str(w): objective[w] for w in sorted(objective)},
+            "best_weight": top_w}
