@@ -9,9 +9,9 @@ an upgrade, or items already backfilled), and no query relevance data:
 - :func:`fit_fusion`: the weights of a query given in both versions, chosen on a proxy task: fused
   search of the stored old vectors must recover each sample item's neighbourhood among the other
   sample items and rank it first, where the neighbourhood is what both models agree on (or the
-  items of the same label, when labels are given). The old-only weights are always a candidate, the chosen weights
-  are never below them on that task, and among weights within one standard error of the best the
-  one closest to the old model is kept.
+  items of the same label, when labels are given). The old-only weights are always a candidate,
+  and other weights are chosen only when they beat them on that task both in average precision
+  and in first-hit precision.
 """
 
 from __future__ import annotations
@@ -175,9 +175,8 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
         ``{"fusion": {new: w, old: 1 - w}, "score", "old_only_score", "gain", "gains", "old_only",
         "queries", "grid": {w: objective}, "best_weight"}``. The objective of a weight is the smaller
         of its gains over the old query alone in average precision of the targets and in the first
-        hit being a target (0 for the old-only weights); ``best_weight`` is the grid's top scorer,
-        and the chosen weight is the smallest within one standard error of it (old-only when no
-        weight gains on both).
+        hit being a target (0 for the old-only weights); the chosen weight is the grid's top scorer
+        (the smaller weight on a tie), or old-only when no weight gains on both.
     """
     Z_new, G_old = _check_pairs(Z_new, G_old, versions[new].dim, versions[old].dim)
     n = len(G_old)
@@ -212,21 +211,7 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     gains = {w: (float((ap[w] - ap[0.0]).mean()), float((p1[w] - p1[0.0]).mean())) for w in ap}
     objective = {w: min(g) for w, g in gains.items()}
     top_w = max(objective, key=lambda w: (round(objective[w], 12), -w))
-    best = 0.0
-    if objective[top_w] > 0:
-        # One-standard-error rule, towards the old model: the smallest weight whose objective is
-        # within one standard error of the best (of the paired difference in the metric that binds
-        # at the best). Staying closer to the old model needs no evidence; moving away does.
-        bind = ap if gains[top_w][0] <= gains[top_w][1] else p1
-        best = top_w
-        for w in sorted(objective):
-            if objective[w] <= 0:
-                continue
-            d = bind[top_w] - bind[w]
-            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-            if objective[top_w] - objective[w] <= se:
-                best = w
-                break
+    best = top_w if objective[top_w] > 0 else 0.0  # old-only unless some weight gains on both
     return {"fusion": {new: best, old: round(1.0 - best, 10)}, "score": objective[best], "old_only_score": 0.0,
             "gain": objective[best], "gains": {"AP": gains[best][0], "P@1": gains[best][1]},
             "old_only": {"AP": float(ap[0.0].mean()), "P@1": float(p1[0.0].mean())},
