@@ -116,14 +116,18 @@ def add(
                     taken = [keys[i] for i in np.flatnonzero(present)[:6]]
                     raise CliError(
                         f"{int(present.sum())} of the ids ({how}) are already in INDEX '{index}': {fmt_ids(taken)}",
-                        "add needs new ids; use `compatindex backfill` to give existing items a new vector"
+                        "add needs new ids; if an earlier add of these items was interrupted or killed, "
+                        "delete the ones it left (`compatindex delete`) and rerun it; use `compatindex backfill` "
+                        "to give existing items a vector of another version"
                         + ("" if ids is not None else ", or pass --ids"),
                     )
             done = 0
+            inflight: tuple[int, int] | None = None
             try:
                 with progress(f"adding to {ver.name}", n, quiet=quiet) as advance:
                     for start, x in source.batches(batch_size):
                         stop = start + len(x)
+                        inflight = (start, stop)
                         ix.add(
                             keys[start:stop],
                             x,
@@ -132,7 +136,10 @@ def add(
                             raw=raw,
                         )
                         done = stop
+                        inflight = None
                         advance(len(x))
+            except KeyboardInterrupt:
+                raise _interrupted(ix, keys, done, inflight, n, ver.name) from None
             except BaseException as exc:
                 if not done:
                     raise
@@ -150,6 +157,82 @@ def add(
             say(f"VECTORS '{vectors}' holds no vectors; nothing added")
         else:
             say(f"added {n} items to version '{ver.name}' (ids {first!r}..{last!r}: {how}); the index holds {total} items")
+
+
+def existing_to_skip(ix: Any, version: str, keys: Any, source: Any, *, raw: bool, batch_size: int,
+                     atol: float = 1e-5) -> np.ndarray:
+    """For ``--skip-existing`` (resuming an interrupted or killed add): ``(n,)`` bool, the items
+    already stored with the same vector of ``version`` (skip them). Any id already in the index
+    without that identical vector raises ``CliError`` before anything is written.
+
+    Compares the stored vector with the input as the index would store it (raw inputs mapped by
+    the version's transform, cosine versions normalized).
+    """
+    from compatindex.core.validate import normalize_rows
+
+    v = ix.version(version)
+    skip = np.zeros(len(keys), dtype=bool)
+    bad: list[Any] = []
+    for start, x in source.batches(batch_size):
+        stop = start + len(x)
+        sub = keys[start:stop]
+        present = np.asarray(ix.has(sub), dtype=bool)
+        if not present.any():
+            continue
+        where = np.flatnonzero(present)
+        mine = [sub[i] for i in where]
+        want = np.asarray(x[where], dtype=np.float32)
+        if raw:
+            want = ix.to_version_space(want, version=version)
+        want = normalize_rows(want, metric=v.metric, param="VECTORS")
+        stored, holds = ix.backend.vectors(v, list(mine))  # holds: which have a vector of the version
+        same = np.asarray(holds, dtype=bool) & np.isclose(stored, want, atol=atol).all(axis=1)
+        skip[start + where[same]] = True
+        bad.extend(m for m, ok in zip(mine, same) if not ok)
+    if bad:
+        raise CliError(
+            f"{len(bad)} ids are already in the index with a different vector of version '{version}' "
+            f"(or none): {fmt_ids(bad[:6])}",
+            "--skip-existing skips only items stored with identical vectors; use `compatindex backfill` to "
+            "replace vectors",
+        )
+    return skip
+
+
+def _interrupted(ix: Any, keys: Any, done: int, inflight: tuple[int, int] | None, n: int, version: str) -> typer.Exit:
+    """Ctrl-C during an add: say exactly what was committed, roll it back (saying so meanwhile)
+    unless every item was committed, and what the index holds now. Exit 130."""
+    if inflight is not None and inflight[1] > inflight[0]:
+        # the interrupt may land after the batch in flight committed (its call had not returned)
+        if bool(np.asarray(ix.has(keys[inflight[0]:inflight[1]]), dtype=bool).all()):
+            done = inflight[1]
+    if done >= n:
+        typer.echo(f"error: interrupted after all {n} items were committed to version '{version}'; "
+                   "nothing was rolled back (the add is complete)", err=True)
+        return typer.Exit(code=130)
+    if done == 0:
+        typer.echo("error: interrupted before the first batch was committed; nothing was added", err=True)
+        return typer.Exit(code=130)
+    typer.echo(f"interrupted: {done} of {n} items were committed; rolling back those {done} items "
+               "(one transaction) ...", err=True)
+    try:
+        ix.delete(keys[:done])
+        rolled = True
+    except KeyboardInterrupt:
+        rolled = not bool(np.asarray(ix.has(keys[:done]), dtype=bool).any())
+    except Exception as exc:  # noqa: BLE001 - reported, the interrupt stays the outcome
+        typer.echo(f"error: interrupted; rolling back the {done} committed items failed ({exc}): they remain "
+                   f"in the index (ids {fmt_ids(list(keys[:done][:6]))}); delete them with `compatindex delete`",
+                   err=True)
+        return typer.Exit(code=130)
+    if rolled:
+        typer.echo(f"error: interrupted; the {done} items committed before the interrupt were removed again: "
+                   "the index is as it was before this command", err=True)
+    else:
+        typer.echo(f"error: interrupted twice; the rollback did not commit: the {done} items committed first "
+                   f"remain (ids {fmt_ids(list(keys[:done][:6]))}...); delete them with `compatindex delete` "
+                   "before rerunning the add", err=True)
+    return typer.Exit(code=130)
 
 
 def _rollback(ix: Any, keys: Any) -> str:

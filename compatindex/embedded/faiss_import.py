@@ -1,8 +1,8 @@
 """Import faiss once, with the packaging checks the extras need.
 
 ``faiss-cpu`` and ``faiss-gpu`` install the same ``faiss/`` folder and clobber each other
-(ecosystem.md §0.4), so importing compatindex warns when more than one faiss distribution is
-installed and raises an ImportError naming the extras when none is.
+(docs/architecture.md, "Installing faiss"), so importing compatindex warns when more than one
+faiss distribution is installed and raises an ImportError naming the extras when none is.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _load():
             "`pip install 'compatindex[cpu]'` (faiss-cpu) or `pip install 'compatindex[gpu]'` (faiss-gpu)"
         ) from exc
     # Flat search uses BLAS only when nq*d >= this threshold (default 128000); below it faiss scans
-    # query by query, which is ~20x slower for mid-size batches (ecosystem.md §0.4, §7.2).
+    # query by query, which is far slower for mid-size batches (docs/architecture.md, "Installing faiss").
     _faiss.cvar.distance_compute_blas_threshold = 20
     return _faiss
 

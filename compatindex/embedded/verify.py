@@ -9,7 +9,7 @@ import numpy as np
 from ..core.datatypes import Version
 from ..errors import CompatIndexError
 from .shards import FaissShard, ShardSet
-from .store import LmdbStore, unpack
+from .store import LmdbStore, check_op, unpack
 
 
 def verify_index(store: LmdbStore, shards: ShardSet, versions: Sequence[Version], *, check_file: bool) -> list[str]:
@@ -73,8 +73,10 @@ def verify_index(store: LmdbStore, shards: ShardSet, versions: Sequence[Version]
             # every msgpack record decodes (labels, metadata, op log; versions were decoded on open)
             for name, what in (("labels", "label"), ("attrs", "metadata"), ("oplog", "op log record")):
                 with r.txn.cursor(db=store.db[name]) as cur:
-                    for k, v in cur:
-                        unpack(v, what=f"{what} {bytes(k).hex()}", where=store.file)
+                    for k, rec in cur:
+                        obj = unpack(rec, what=f"{what} {bytes(k).hex()}", where=store.file)
+                        if name == "oplog":
+                            check_op(obj, what=f"{what} {bytes(k).hex()}", where=store.file)
             # the id map and the reverse map are each other's inverse
             with r.txn.cursor(db=store.db["rev"]) as cur:
                 for k, ext in cur:

@@ -20,6 +20,7 @@ from ..faiss_import import faiss
 from ...errors import InvalidInputError
 
 SHARD_KINDS = ("flat", "ivf", "hnsw")
+RETRAIN_GROWTH = 10  # an IVF shard that grew this many times past its training sample retrains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +29,10 @@ class ShardSpec:
 
     ``flat``: exact inner product (default). ``ivf``: ``nlist`` inverted lists searched with
     ``nprobe``; trained once it holds ``train_factor * nlist`` vectors (exact flat until then).
-    ``hnsw``: graph with ``m`` links, ``ef_search``/``ef_construction``; deletes are tombstones
-    filtered at search time and compacted when they pass 20% of the shard.
+    ``hnsw``: graph with ``m`` links, ``ef_search``/``ef_construction``; a removed or replaced
+    vector's graph node becomes a tombstone (a replacement is a fresh node: the graph is never
+    rebuilt for it), filtered at search time; the graph is rebuilt from its live nodes once
+    tombstones pass 20% of it (batched compaction).
     """
 
     kind: str = "flat"
@@ -88,11 +91,13 @@ class FaissShard:
         self.dim = dim
         self.spec = spec
         self.seq = 0
+        # flat/IVF: unused. HNSW: graph node positions whose vector is gone (removed or replaced).
         self.tombstones: set[int] = set()
+        self._labels: np.ndarray | None = None  # HNSW: node position -> internal id (id_map copy)
         self.index = self._empty_index()
         self.staging = None  # untrained IVF: vectors wait in an exact flat index
-        # An upper bound of the ids held (a bitmap over ids must reach it); None: not known yet.
-        self._max_id: int | None = -1
+        self.trained_on = 0  # IVF: vectors the coarse quantizer was trained on
+        self.retrains = 0  # IVF: retrains done by this process (the shard outgrew its training)
         if spec.kind == "ivf":
             self.staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -132,8 +137,30 @@ class FaissShard:
                         parts.append(faiss.rev_swig_ptr(invl.get_ids(li), n).copy().astype(np.int64))
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if self.tombstones:
-            ids = ids[~np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))]
+            ids = ids[self._live_nodes()]
         return ids
+
+    def describe(self) -> dict[str, Any]:
+        """Kind-specific state for ``stats()``: IVF training, HNSW tombstones."""
+        if self.spec.kind == "ivf":
+            return {"trained": self.staging is None, "trained_on": self.trained_on, "retrains": self.retrains,
+                    "retrain_at": RETRAIN_GROWTH * max(self.trained_on, 1) if self.staging is None else None}
+        if self.spec.kind == "hnsw":
+            return {"graph_nodes": int(self.index.ntotal), "tombstones": len(self.tombstones)}
+        return {}
+
+    # -- HNSW nodes --------------------------------------------------------------------------
+    def _node_labels(self) -> np.ndarray:
+        """HNSW: the internal id of every graph node, by node position (dead nodes included)."""
+        if self._labels is None or len(self._labels) != int(self.index.ntotal):
+            self._labels = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return self._labels
+
+    def _live_nodes(self) -> np.ndarray:
+        live = np.ones(int(self.index.ntotal), dtype=bool)
+        if self.tombstones:
+            live[np.fromiter(self.tombstones, dtype=np.int64)] = False
+        return live
 
     def add(self, iids: np.ndarray, x: np.ndarray) -> None:
         """Add ``(n, dim)`` float32 vectors under int64 internal ids."""
@@ -141,28 +168,42 @@ class FaissShard:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(iids) == 0:
             return
-        if self._max_id is not None:
-            self._max_id = max(self._max_id, int(iids.max()))
-        if self.tombstones and not self.tombstones.isdisjoint(iids.tolist()):
-            # A tombstoned HNSW node still holds the old vector under this id: drop it first.
-            self.compact()
         if self.staging is not None:
             self.staging.add_with_ids(x, iids)
             self._maybe_train()
         else:
             self.index.add_with_ids(x, iids)
+            if self.spec.kind == "ivf" and self.ntotal >= RETRAIN_GROWTH * max(self.trained_on, 1):
+                self.retrain()
+            if self.spec.kind == "hnsw" and self._labels is not None:
+                self._labels = np.concatenate([self._labels, iids])  # new nodes at the end
 
     def _maybe_train(self) -> None:
         s = self.spec
-        n = int(self.staging.ntotal)
+        staging = self.staging
+        assert staging is not None  # called while staging only
+        n = int(staging.ntotal)
         if n < s.train_factor * s.nlist:
             return
-        flat = faiss.downcast_index(self.staging.index)
+        flat = faiss.downcast_index(staging.index)
         xb = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim).copy()
-        ids = faiss.vector_to_array(self.staging.id_map).astype(np.int64)
+        ids = faiss.vector_to_array(staging.id_map).astype(np.int64)
         self.index.train(xb)
         self.index.add_with_ids(xb, ids)
+        self.trained_on = n
         self.staging = None
+
+    def retrain(self) -> None:
+        """IVF: train a new coarse quantizer on the shard's current vectors (at most 256 per list,
+        drawn evenly) and re-add them all: the training sample no longer represented the shard."""
+        ids, x = self.vectors()
+        cap = 256 * self.spec.nlist
+        sample = x if len(x) <= cap else x[np.linspace(0, len(x) - 1, cap).astype(np.int64)]
+        self.index = self._empty_index()
+        self.index.train(np.ascontiguousarray(sample))
+        self.index.add_with_ids(x, ids)
+        self.trained_on = len(ids)
+        self.retrains += 1
 
     def remove(self, iids: np.ndarray) -> None:
         """Remove internal ids (absent ones are ignored)."""
@@ -170,9 +211,10 @@ class FaissShard:
         if len(iids) == 0:
             return
         if self.spec.kind == "hnsw":
-            # HNSW graphs cannot drop nodes: tombstone them and compact when there are many.
-            live = set(self.ids().tolist())
-            self.tombstones.update(i for i in iids.tolist() if i in live)
+            # HNSW graphs cannot drop nodes: tombstone the live nodes of these ids (a replacement
+            # then adds a fresh node), and rebuild once tombstones pass 20% of the graph.
+            hit = np.isin(self._node_labels(), iids) & self._live_nodes()
+            self.tombstones.update(np.flatnonzero(hit).tolist())
             if len(self.tombstones) > 0.2 * max(int(self.index.ntotal), 1):
                 self.compact()
             return
@@ -192,7 +234,8 @@ class FaissShard:
                 continue
             if isinstance(idx, faiss.IndexIDMap2):
                 own = faiss.vector_to_array(idx.id_map).astype(np.int64)
-                pos = {int(v): i for i, v in enumerate(own)}
+                live = self._live_nodes() if idx is self.index and self.tombstones else None
+                pos = {int(v): i for i, v in enumerate(own) if live is None or live[i]}
                 sub = faiss.downcast_index(idx.index)
                 n = int(idx.ntotal)
                 if isinstance(sub, faiss.IndexFlat):
@@ -201,12 +244,28 @@ class FaissShard:
                     xb = sub.reconstruct_n(0, n)
                 where = np.flatnonzero(np.isin(ids, own))
                 out[where] = xb[[pos[int(i)] for i in ids[where]]]
-            else:
-                idx.make_direct_map()
-                where = np.flatnonzero(np.isin(ids, self._ivf_ids()))
-                for w in where:
-                    out[w] = idx.reconstruct(int(ids[w]))
+            else:  # IVF-Flat: read each inverted list's ids and raw codes (no direct map: that
+                # needs sequential ids and forbids removals, so it broke after the first delete)
+                own, xb = self._ivf_contents(idx)
+                pos = {int(v): i for i, v in enumerate(own)}
+                where = np.flatnonzero(np.isin(ids, own))
+                out[where] = xb[[pos[int(i)] for i in ids[where]]]
         return ids, out
+
+    def _ivf_contents(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """All ``(ids, vectors)`` an IVF-Flat index holds, list by list."""
+        invl = idx.invlists
+        id_parts, x_parts = [], []
+        for li in range(idx.nlist):
+            n = invl.list_size(li)
+            if not n:
+                continue
+            id_parts.append(faiss.rev_swig_ptr(invl.get_ids(li), n).copy().astype(np.int64))
+            codes = faiss.rev_swig_ptr(invl.get_codes(li), n * invl.code_size).copy()
+            x_parts.append(codes.view(np.float32).reshape(n, self.dim))
+        if not id_parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(id_parts), np.concatenate(x_parts)
 
     def _ivf_ids(self) -> np.ndarray:
         invl = self.index.invlists
@@ -218,6 +277,7 @@ class FaissShard:
         """Rebuild the index from its live vectors (drops tombstones)."""
         ids, x = self.vectors()
         self.tombstones = set()
+        self._labels = None
         self.index = self._empty_index()
         if self.spec.kind == "ivf":
             self.staging = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
@@ -243,8 +303,8 @@ class FaissShard:
         nq = q.shape[0]
         if k == 0:
             return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64)
-        if self.tombstones:
-            allowed = self._minus_tombstones(allowed)
+        if self.spec.kind == "hnsw" and (self.tombstones or allowed is not None):
+            return self._search_hnsw_nodes(q, k, allowed)
         results = []
         for idx in (self.index, self.staging):
             if idx is None or idx.ntotal == 0:
@@ -269,19 +329,24 @@ class FaissShard:
         order = np.argsort(-D, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
-    def _minus_tombstones(self, allowed: np.ndarray | None) -> np.ndarray:
-        # Only the tombstones are cleared; the bitmap must still reach every id the shard holds.
-        if self._max_id is None:
-            self._max_id = int(self.ids().max(initial=-1))
-        top = max(max(self.tombstones), self._max_id) + 1
-        if allowed is None:
-            bits = np.ones(top, dtype=bool)
-        else:
-            bits = np.unpackbits(allowed, bitorder="little").astype(bool)
-            if len(bits) < top:
-                bits = np.concatenate([bits, np.zeros(top - len(bits), bool)])
-        bits[np.fromiter(self.tombstones, dtype=np.int64)] = False
-        return np.packbits(bits, bitorder="little")
+    def _search_hnsw_nodes(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW with tombstones or a mask: search the graph by node position, with a bitmap of
+        the live nodes whose item is allowed, and map node positions back to internal ids."""
+        labels = self._node_labels()
+        ok = self._live_nodes()
+        if allowed is not None:
+            byte = labels >> 3
+            inside = byte < len(allowed)
+            bit = np.zeros(len(labels), dtype=bool)
+            bit[inside] = (allowed[byte[inside]] >> (labels[inside] & 7).astype(np.uint8)) & 1 == 1
+            ok &= bit
+        bits = np.packbits(ok, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        graph = faiss.downcast_index(self.index.index)
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.spec.ef_search, k))
+        D, N = graph.search(q, k, params=params)
+        I = np.where(N >= 0, labels[np.where(N >= 0, N, 0)], -1)
+        return D, I
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, folder: Path, name: str, seq: int) -> None:
@@ -307,10 +372,25 @@ class FaissShard:
         meta = {
             "seq": int(seq), "dim": self.dim, "spec": self.spec.to_dict(), "ntotal": self.ntotal,
             "trained": self.staging is None, "crc32": crc, "bytes": size,
-            "tombstones": sorted(self.tombstones),
+            "tombstones": sorted(self.tombstones), "tombstone_kind": "node", "trained_on": self.trained_on,
         }
         _atomic_write(folder / f"{name}.json", json.dumps(meta).encode())
         self.seq = int(seq)
+
+    def save_manifest(self, folder: Path, name: str, seq: int) -> bool:
+        """Move the saved manifest's ``seq`` forward for a shard unchanged since its save (the
+        ``.faiss`` file stays). False when there is no readable manifest of this shard to move."""
+        path = folder / f"{name}.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(meta, dict) or meta.get("ntotal") != self.ntotal or meta.get("dim") != self.dim:
+            return False
+        meta["seq"] = int(seq)
+        _atomic_write(path, json.dumps(meta).encode())
+        self.seq = int(seq)
+        return True
 
     @classmethod
     def load(cls, folder: Path, name: str, *, dim: int, spec: ShardSpec) -> "FaissShard":
@@ -343,9 +423,14 @@ class FaissShard:
             shard.staging = None
             if spec.kind == "ivf":
                 faiss.downcast_index(idx).nprobe = spec.nprobe
-        shard.tombstones = set(int(t) for t in meta.get("tombstones", []))
-        shard._max_id = None  # found on first need: most shards never need it
+        tomb = [int(t) for t in meta.get("tombstones", [])]
+        if spec.kind == "hnsw" and tomb and meta.get("tombstone_kind") != "node":
+            # written before tombstones were node positions: they were internal ids, one node each
+            tomb = np.flatnonzero(np.isin(shard._node_labels(), tomb)).tolist()
+        shard.tombstones = set(tomb)
         shard.seq = int(meta["seq"])
+        trained = meta.get("trained_on")
+        shard.trained_on = int(trained) if isinstance(trained, int) else (shard.ntotal if shard.staging is None else 0)
         if shard.ntotal != meta.get("ntotal"):
             raise ValueError("shard holds a different number of vectors than its manifest says")
         return shard
