@@ -1,4 +1,9 @@
-"""Scenario 3: backfill curves on Fashion-MNIST (methods.md §2, §5-6).
+"""Scenario 3: backfill curves on Fashion-MNIST.
+
+The backfill curve and its area follow "FastFill: Efficient Compatible Model Update" (Jaeckle et
+al., ICLR 2023); negative flips during a backfill are the concern of "Hot-Refresh Model Upgrades
+with Regression-Free Compatible Training in Image Retrieval" (Zhang et al., ICLR 2022). The
+results: docs/benchmarks.md §3.
 
 The gallery starts with the old model's vectors (``v1``); the OCA version (scenario 1's model)
 is registered and a growing fraction p of the items is re-embedded with it through

@@ -5,7 +5,8 @@ v1: classes 0-3 (64-d, independent training); v2: classes 0-6 (+16 dims); v3: al
 (the gallery is backfilled with each version as it is made). The compatibility matrix
 M[i][j] = top-1 of version-i queries against a gallery holding only version-j vectors, searched
 with ``Index.search`` (so v3 against v1 is zero-padding across two generations); AC and AM as in
-methods.md §2.
+"Stationary Representations: Optimally Approximating Compatibility and Implications for Improved
+Model Replacements" (Biondi et al., CVPR 2024), defined in docs/trainer.md, "Metrics".
 
 Run: ``.venv/bin/python -m bench.run chain [--quick]``.
 """

@@ -1,4 +1,7 @@
-"""Scenario 1: an image-model upgrade on Fashion-MNIST (OCA's protocol, methods.md §1).
+"""Scenario 1: an image-model upgrade on Fashion-MNIST (OCA's class-incremental protocol).
+
+OCA: "Backward-Compatible Aligned Representations via an Orthogonal Transformation Layer"
+(Ricci et al., 2024). The results: docs/benchmarks.md §1.
 
 Old CNN trained on classes 0-4, new models on all 10; gallery = training images embedded by the
 old model (stored in a real compatindex Index as version ``v1``), queries = test images.
@@ -228,8 +231,11 @@ def run(quick: bool = False, s: Setup | None = None) -> dict[str, Any]:
         t = Timer()
         v, rep = upgrade(index, H["gallery"][pair_ids], pair_ids.tolist(), method=meth, name=f"posthoc-{meth}", parent="v1",
                          force=True, steps=50 if quick else 300)
+        info = rep["candidates"][0].get("info", {})
         posthoc[meth] = {"fit_seconds": t(), "gate_passed": rep["gate"]["passed"], "dim": rep["dim"],
-                         "gate_reasons": rep["gate"]["reasons"]}
+                         "gate_reasons": rep["gate"]["reasons"], "start": info.get("start"),
+                         "selection_split": {k: info.get("final_loss", {}).get(k) for k in ("val_start", "val_best",
+                                                                                            "best_step")}}
         log(f"posthoc {meth}: dim {rep['dim']}, gate passed {rep['gate']['passed']} ({posthoc[meth]['fit_seconds']}s)")
     results["posthoc_fit"] = posthoc
     methods = [("independent", "independent", False), ("bct", "bct", False), ("oca", "oca", False),
@@ -283,6 +289,11 @@ def run(quick: bool = False, s: Setup | None = None) -> dict[str, Any]:
                 "relative": oca["new_new"][m] / ind[m] if ind[m] else None,
                 "met": bool(oca["new_new"][m] >= ind[m] - 0.02)} for m in ("top1", "top5", "mAP")},
     }
+    start = posthoc["oca"].get("start") or "isometric"
+    results["goals"]["posthoc_oca_not_below_its_closed_form_start"] = {
+        "start": start, **{m: {"oca": table["posthoc-oca"]["new_old"][m], "start": table[f"posthoc-{start}"]["new_old"][m],
+                               "met": bool(table["posthoc-oca"]["new_old"][m] >= table[f"posthoc-{start}"]["new_old"][m])}
+                           for m in ("top1", "mAP")}}
     results["seconds"] = T()
     results["plot"] = plot(results, quick)
     write_result("fmnist", results, markdown(results), quick=quick)
@@ -342,5 +353,9 @@ def markdown(r: dict[str, Any]) -> str:
            + "Goal OCA new/new within 2 points of the independent model: "
            + ", ".join(f"{m} {fmt(v['met'])} ({100 * v['diff_points']:+.1f})"
                        for m, v in g["oca_new_new_within_2pct_of_independent"].items())
-           + f".\n\n![Fashion-MNIST]({r['plot']})\n")
-    return txt
+           + ".\n")
+    cached = [n for n, m in r.get("training", {}).items() if m.get("cached")]
+    if cached:
+        txt += ("\nBackbones loaded from the benchmark's model cache (trained by an earlier run with the same "
+                f"settings, not in this run's wall time): {', '.join(cached)}. The post-hoc heads were fitted in this run.\n")
+    return txt + f"\n![Fashion-MNIST]({r['plot']})\n"

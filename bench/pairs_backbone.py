@@ -2,7 +2,8 @@
 
 ``compatindex.trainer.train_backbone`` trains OCA / BCT / independent against class prototypes
 only. When the training images are the stored gallery itself, each image also has its stored
-old vector, and BT²'s ``1 - <phi_old(x), h_bct>`` term (methods.md §4) plus an in-batch InfoNCE
+old vector, and the ``1 - <phi_old(x), h_bct>`` term of BT² ("BT^2: Backward-compatible Training
+with Basis Transformation", Zhou et al., ICCV 2023) plus an in-batch InfoNCE
 (``compatindex.trainer.losses.PairAlignLoss``) pins every new prefix to its own item's old
 vector, not only to its class centre. This is the variant the Fashion-MNIST and chain scenarios
 report as ``oca+pairs``; it reuses the trainer's model, losses and schedule, and only adds the

@@ -1,8 +1,9 @@
-"""`compatindex upgrade INDEX VECTORS --ids IDS [--name v2] [--parent v1] [--method auto|...]`.
+"""`compatindex upgrade INDEX VECTORS --ids IDS [--name v2] [--parent v1] [--method auto|...] [--dry-run]`.
 
 Trains the next compatible version against the stored gallery (compatindex.trainer), prints the
 gate report (a table, or JSON with ``--json``), registers the version when the gate passes (or
-``--force``), and exits 1 when the gate refuses.
+``--force``), and exits 1 when the gate refuses. ``--dry-run`` fits and gates, registers
+nothing, and prints the expected day-one new/old against old/old and the backfill benefit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .add import ColumnOpt, check_length
 
 EXAMPLES = """\b
 Examples:
+  compatindex upgrade my.index new_vectors.npy --ids ids.txt --name v2 --dry-run
   compatindex upgrade my.index new_vectors.npy --ids ids.txt --name v2
   compatindex upgrade my.index new.npy --ids ids.npy --method isometric --extra-dims 32 --json
   compatindex search my.index new_queries.npy --version v2 --raw -k 10
@@ -68,14 +70,19 @@ def render_report(report: dict[str, Any]) -> None:
                   _f(h.get("new_old", {}).get("top1")), _f(h.get("new_new", {}).get("top1")))
     con.print(t)
     g = report["gate"]
-    t = Table(title="gate: held-out alignment with the stored gallery")
+    p = g["pairs"]
+    con.print(f"gate split: {d['n_heldout']} held-out pairs, seen by no fit or selection")
+    t = Table(title=f"gate: held-out alignment with the stored gallery ({p['fit']['gallery_size']} items)")
     for c in ("queries", "recall@1", "recall@10", "MRR", "mean cos"):
         t.add_column(c)
-    for key, label in (("fit", f"{report['chosen']} (this version)"), ("untransformed", "untransformed (control)"),
-                       ("shuffled", "fit on shuffled pairs (control)")):
-        a = g["pairs"][key]
+    for key, label in (("fit", f"{report['chosen']} (version '{report.get('name')}')"),
+                       ("shuffled", f"{p.get('control_method', report['chosen'])} on shuffled pairs (control)")):
+        a = p[key]
         t.add_row(label, _f(a["recall@1"]), _f(a["recall@10"]), _f(a["mrr"]), _f(a["mean_cos"]))
     con.print(t)
+    ties = " (same-label items are ties)" if p.get("label_ties") else ""
+    con.print(f"pairs rule{ties}: MRR {_f(p['mrr'], 4)} vs shuffled {_f(p['mrr_shuffled'], 4)} (margin "
+              f"{p['margin']}), sign-test z={_f(p['z_vs_shuffled'], 2)}, permutation p={p['p_permutation']:.3g}")
     lab = g.get("labels")
     if lab and "old_old" in lab:
         t = Table(title="gate: held-out label retrieval (leave-one-out)")
@@ -87,7 +94,20 @@ def render_report(report: dict[str, Any]) -> None:
                 m = lab[key]
                 t.add_row(label, _f(m["top1"]), _f(m["top5"]), _f(m["mAP"]))
         con.print(t)
-    if report.get("registered"):
+    dry = report.get("dry_run")
+    if dry is not None:
+        verdict = "would be registered" if dry["would_register"] else "would be REFUSED"
+        con.print(f"dry run: version '{report['name']}' {verdict}; nothing was registered")
+        lab = dry.get("labels")
+        if lab:
+            m = lab["metric"]
+            con.print(f"  expected day one (new queries, old gallery): {m} {lab['day_one_new_old']:.4f} vs "
+                      f"old/old {lab['old_old']:.4f} ({lab['day_one_gain']:+.4f})")
+            con.print(f"  after a full backfill (new/new): {m} {lab['after_backfill_new_new']:.4f} "
+                      f"(backfill benefit {lab['backfill_benefit']:+.4f})")
+        for r in dry["reasons"]:
+            con.print(f"  - {r}")
+    elif report.get("registered"):
         forced = " (forced past the gate)" if report.get("forced") else ""
         con.print(f"registered version '{report['name']}' (dim {report['dim']}, parent '{report['parent']}', "
                   f"method {report['chosen']}){forced}")
@@ -116,6 +136,8 @@ def upgrade(
     use_labels: Annotated[bool, typer.Option("--use-labels/--no-labels", help="Use the labels stored with "
                                              "gallery items (prototypes and the label gate).")] = True,
     force: Annotated[bool, typer.Option("--force", help="Register even when the gate refuses.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and gate, register nothing: print the expected "
+                                          "day-one new/old against old/old and the backfill benefit.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and of training.")] = 0,
     steps: Annotated[int | None, typer.Option("--steps", min=0, help="Training steps of torch heads.",
                                               show_default=False)] = None,
@@ -149,14 +171,26 @@ def upgrade(
             overrides: dict[str, Any] = {"seed": seed, "quiet": quiet}
             if steps is not None:
                 overrides["steps"] = steps
-            version, report = run_upgrade(ix, X, key_list, method=Method(method).value, parent=parent, name=name,
-                                          extra_dims=extra_dims, use_labels=use_labels, force=force,
-                                          **overrides)
+            import warnings
+
+            with warnings.catch_warnings():  # the refusal is said below, on stderr, once
+                warnings.simplefilter("ignore", RuntimeWarning)
+                version, report = run_upgrade(ix, X, key_list, method=Method(method).value, parent=parent,
+                                              name=name, extra_dims=extra_dims, use_labels=use_labels, force=force,
+                                              strict=False, dry_run=dry_run, **overrides)
         if json_out:
             say(dumps(report))
         else:
             render_report(report)
+        if dry_run:
+            if not report["gate"]["passed"]:
+                raise typer.Exit(code=1)
+            return
         if version is None:
-            typer.echo("error: the compatibility gate refused the upgrade: " + "; ".join(report["gate"]["reasons"])
-                       + " (hint: check the pairs, or pass --force to register it anyway)", err=True)
+            typer.echo(f"error: the compatibility gate refused version '{report['name']}' (parent "
+                       f"'{report['parent']}'): " + "; ".join(report["gate"]["reasons"])
+                       + " (hint: check the pairs, try --dry-run, or pass --force to register it anyway)", err=True)
             raise typer.Exit(code=1)
+        if report.get("forced"):
+            typer.echo(f"warning: version '{report['name']}' failed the compatibility gate and was registered "
+                       "anyway (--force)", err=True)

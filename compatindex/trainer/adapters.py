@@ -53,8 +53,19 @@ class RetractedOrthonormal(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        U, _, Vh = torch.linalg.svd(self.weight.double(), full_matrices=False)
-        self.weight.copy_((U @ Vh).to(self.weight.dtype))
+        """Snap ``W`` to its polar factor: Newton-Schulz in float64 (a few matmuls; it converges
+        quadratically from a retracted W), with an SVD when W has drifted too far for it."""
+        W = self.weight.double()
+        eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
+        if float((W.T @ W - eye).abs().max()) < 0.5:
+            for _ in range(12):
+                W = 1.5 * W - 0.5 * W @ (W.T @ W)
+                if float((W.T @ W - eye).abs().max()) < 1e-12:
+                    break
+        if float((W.T @ W - eye).abs().max()) >= 1e-9:
+            U, _, Vh = torch.linalg.svd(self.weight.double(), full_matrices=False)
+            W = U @ Vh
+        self.weight.copy_(W.to(self.weight.dtype))
 
 
 def _orthonormal_linear(d_in: int, d_out: int, *, bias: bool, impl: str) -> nn.Module:
@@ -118,7 +129,9 @@ class IsometryHead(nn.Module):
         return self.lin(h)
 
     def matrix(self) -> np.ndarray:
-        return self.lin.weight.detach().cpu().double().numpy()
+        w = self.lin.weight
+        assert isinstance(w, Tensor)  # nn.Module attributes type as Tensor | Module
+        return w.detach().cpu().double().numpy()
 
 
 class LinearHead(nn.Module):
@@ -177,7 +190,10 @@ class HeadModel(nn.Module):
             self.head = MLPHead(d_h, d_v, hidden or 2 * max(d_h, d_v), init)
         else:
             raise ValueError(f"head kind must be isometry, linear or mlp; got {kind!r}")
-        self.orth = OrthogonalLayer(d_v, impl=orth_impl) if n_classes else None
+        # No T⊥ here: in front of an unconstrained Linear classifier an orthogonal layer
+        # constrains nothing (fc(T z) is just another Linear), and at 1440 dims it cost half of
+        # each step. OCA's T⊥ lives in whole-model training (backbone.py), where it separates the
+        # compatible features from the classifier.
         self.fc = nn.Linear(d_v, n_classes, bias=False) if n_classes else None
 
     def embed(self, h: Tensor) -> Tensor:  # (B, d_h) -> (B, d_v)
@@ -186,7 +202,7 @@ class HeadModel(nn.Module):
 
     def forward(self, h: Tensor) -> tuple[Tensor | None, Tensor]:
         z = self.embed(h)
-        logits = self.fc(self.orth(z)) if self.fc is not None and self.orth is not None else None
+        logits = self.fc(z) if self.fc is not None else None
         return logits, z
 
 
@@ -230,7 +246,8 @@ def export_head(model: HeadModel, *, normalize_input: bool = True) -> dict[str, 
 
 def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
              labels: np.ndarray | None = None, prototypes: np.ndarray | None = None,
-             init: Any = None, desc: str = "head") -> tuple[HeadModel, dict[str, Any]]:
+             init: Any = None, desc: str = "head", val: tuple[np.ndarray, np.ndarray, Any] | None = None,
+             score: str = "renorm") -> tuple[HeadModel, dict[str, Any]]:
     """Train a head on pairs (and labels when given) with the OCA recipe plus pair alignment.
 
     Parameters
@@ -243,12 +260,51 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
         rows for classes without one) this adds the OCA terms.
     init:
         Closed-form start (``M`` for isometry, ``(W, b)`` for linear/mlp).
+    val:
+        ``(H, G, labels)`` of a selection split: every ``cfg.eval_every`` steps the head is
+        scored there (new/old top-1 then pair MRR with labels, else pair MRR then recall@10), the
+        best state is kept, and the start itself (step 0) is a candidate, so training never ends
+        below its closed-form start on that split.
+    score:
+        ``renorm`` (cosine) or ``pad`` (inner product), as the parent's metric compares.
 
     Returns
     -------
     (model, history):
-        The trained :class:`HeadModel` (on CPU, eval mode) and the last loss terms.
+        The trained :class:`HeadModel` (on CPU, eval mode) and the last loss terms, plus
+        ``best_step``, ``steps_run`` and ``val_start`` / ``val_best`` when ``val`` is given.
     """
+    from .threads import limit_threads
+
+    with limit_threads(cfg.threads):
+        return _fit_head(kind, H, G, d_v=d_v, cfg=cfg, labels=labels, prototypes=prototypes, init=init,
+                         desc=desc, val=val, score=score)
+
+
+def _val_score(model: HeadModel, val: tuple[np.ndarray, np.ndarray, Any], score: str) -> tuple[float, float]:
+    from .. import evaluation as ev
+
+    Hv, Gv, yv = val
+    model.eval()
+    with torch.no_grad():
+        p = next(model.parameters())
+        Z = model.embed(torch.as_tensor(Hv, device=p.device)).cpu().numpy()
+    model.train()
+    if not np.all(np.isfinite(Z)):
+        return (-np.inf, -np.inf)
+    pa = ev.pair_alignment(Z, Gv, score=score)
+    if yv is not None and np.sum(yv >= 0) >= 2:
+        m = yv >= 0
+        return (ev.cmc_map(Z[m], Gv[m], yv[m], yv[m], leave_one_out=True, score=score)["top1"], pa["mrr"])
+    return (pa["mrr"], pa["recall@10"])
+
+
+def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
+              labels: np.ndarray | None, prototypes: np.ndarray | None, init: Any, desc: str,
+              val: tuple[np.ndarray, np.ndarray, Any] | None, score: str) -> tuple[HeadModel, dict[str, Any]]:
+    import copy
+    import time
+
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     d_h, d_p = H.shape[1], G.shape[1]
@@ -262,19 +318,26 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
         P = np.nan_to_num(np.asarray(prototypes, dtype=np.float32))
         has = torch.as_tensor(~np.isnan(np.asarray(prototypes)).any(1))
         oca_loss = OCALoss(torch.as_tensor(P), has, w_ce=cfg.w_ce, w_bct=cfg.w_bct, w_cos=cfg.w_cos,
-                           label_smoothing=cfg.label_smoothing).to(device)
+                           label_smoothing=cfg.label_smoothing, temperature=cfg.proto_temperature).to(device)
     Ht = torch.as_tensor(np.asarray(H, dtype=np.float32), device=device)
     Gt = torch.as_tensor(np.asarray(G, dtype=np.float32), device=device)
     Yt = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device) if use_labels else None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Adam moves every entry by about lr; an orthonormal column's entries are about 1/sqrt(d_v),
+    # so the isometry head's step is scaled to keep the relative change of 64 dims (at 1280 dims
+    # the unscaled 3e-3 moved entries by 10% a step and training diverged to NaN).
+    lr0 = cfg.lr / max(1.0, math.sqrt(d_v / 64.0)) if kind == "isometry" else cfg.lr
+    opt = torch.optim.Adam(model.parameters(), lr=lr0, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = Ht.shape[0]
     bs = min(cfg.batch_size, n)
     parts: dict[str, float] = {}
     model.train()
+    best = best0 = _val_score(model, val, score) if val is not None else None
+    best_state, best_step, steps_run = None, 0, 0
+    t_end = None if cfg.max_seconds is None else time.perf_counter() + cfg.max_seconds
     with Progress(cfg.steps, desc=desc, quiet=cfg.quiet) as bar:
         for step in range(cfg.steps):
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(cfg.steps, 1)))
+            lr = lr0 * 0.5 * (1 + math.cos(math.pi * step / max(cfg.steps, 1)))
             for gr in opt.param_groups:
                 gr["lr"] = lr
             idx = torch.randperm(n, generator=gen)[:bs].to(device)
@@ -293,9 +356,28 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
             retract_all(model)
             parts["loss"] = float(loss.detach())
             bar.update(1, loss=parts["loss"])
+            steps_run = step + 1
+            out_of_time = t_end is not None and time.perf_counter() > t_end
+            if val is not None and (steps_run % max(cfg.eval_every, 1) == 0 or steps_run == cfg.steps or out_of_time):
+                sc = _val_score(model, val, score)  # retracted W: orthonormal to ~1e-4, snapped at the end
+                if sc > best:  # type: ignore[operator]
+                    best, best_step = sc, steps_run
+                    best_state = copy.deepcopy(model.state_dict())
+            if out_of_time or not np.isfinite(parts["loss"]):
+                break
+    if val is not None:
+        if best_state is None:  # nothing beat the closed-form start: return to it
+            model = HeadModel(kind, H.shape[1], d_v, n_classes=model.fc.out_features if model.fc is not None else 0,
+                              hidden=cfg.hidden, init=init, orth_impl=cfg.orth_impl).to(device)
+        else:
+            model.load_state_dict(best_state)
     project_all(model)
     model.eval()
-    return model.cpu(), {k: round(v, 6) for k, v in parts.items()}
+    hist: dict[str, Any] = {k: round(v, 6) for k, v in parts.items()}
+    hist.update(best_step=best_step, steps_run=steps_run, stopped_early=steps_run < cfg.steps)
+    if best0 is not None and best is not None:  # scored on ``val``
+        hist.update(val_start=[round(float(x), 6) for x in best0], val_best=[round(float(x), 6) for x in best])
+    return model.cpu(), hist
 
 
 @torch.no_grad()

@@ -1,13 +1,17 @@
 """Whole-model training of any ``nn.Module`` backbone that emits ``d_parent + delta`` features.
 
-Recipes (methods.md §1-§3): ``oca`` (CE through OCA's orthogonal layer + BCT CE on prototypes +
-cosine to prototype), ``bct`` (CE + alpha BCT CE) and ``independent`` (CE only, the baseline).
+Recipes (docs/trainer.md, "Whole-model training"): ``oca`` (CE through OCA's orthogonal layer +
+BCT CE on prototypes + cosine to prototype), ``bct`` (CE + alpha BCT CE) and ``independent`` (CE
+only, the baseline). OCA is "Backward-Compatible Aligned Representations via an Orthogonal
+Transformation Layer" (Ricci et al., 2024); BCT is "Towards Backward-Compatible Representation
+Learning" (Shen et al., CVPR 2020).
+
 The stored vector is the normalized backbone output ``h_new``; its first ``d_parent`` dims are
 compared with the parent (``Q = I``: the orthogonal layer is a training-time device).
 
-Checkpoints (nanoGPT layout, style.md §14) hold ``{"model", "optimizer", "model_args",
-"config", "step", "rng", "history"}``; training resumes from one exactly, and a seed makes a run
-repeatable. CPU by default, CUDA when present (``device="auto"``).
+Checkpoints hold ``{"model", "optimizer", "model_args", "config", "step", "rng", "history"}``;
+training resumes from one exactly, and a seed makes a run repeatable. CPU by default, CUDA when
+present (``device="auto"``).
 """
 
 from __future__ import annotations
@@ -107,9 +111,11 @@ def prototypes_from_model(old_model: Callable[[Tensor], Tensor], X: Any, y: Any,
 
 
 def _lr(cfg: BackboneConfig, step: int, total: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    """Linear warm-up, then a cosine decay to 0 (OCA: 5 warm-up epochs of 100)."""
+    w = int(round(0.05 * total)) if cfg.warmup_steps is None else int(cfg.warmup_steps)
+    if w and step < w:
+        return cfg.lr * (step + 1) / w
+    t = (step - w) / max(1, total - w)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 

@@ -19,7 +19,7 @@ converge is retried with the slower but more robust ``gesvd`` driver before it i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg as sla
@@ -71,7 +71,7 @@ def _pairs(H: Any, G: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _svd(a: np.ndarray, what: str, *, full_matrices: bool = False, compute_uv: bool = True,
-         drivers: tuple[str, ...] = ("gesdd", "gesvd")) -> Any:
+         drivers: tuple[Literal["gesdd", "gesvd"], ...] = ("gesdd", "gesvd")) -> Any:
     """``scipy.linalg.svd`` of a finite ``(m, n)`` float64 ``a``, trying each LAPACK driver in turn.
 
     ``gesdd`` (divide and conquer, numpy's only driver) is fast but on rare matrices does not
@@ -84,8 +84,11 @@ def _svd(a: np.ndarray, what: str, *, full_matrices: bool = False, compute_uv: b
     err: Exception | None = None
     for driver in drivers:
         try:
-            return sla.svd(a, full_matrices=full_matrices, compute_uv=compute_uv,
-                           check_finite=False, lapack_driver=driver)
+            if compute_uv:  # two calls: the stubs type the result by a literal compute_uv
+                return sla.svd(a, full_matrices=full_matrices, compute_uv=True, check_finite=False,
+                               lapack_driver=driver)
+            return sla.svd(a, full_matrices=full_matrices, compute_uv=False, check_finite=False,
+                           lapack_driver=driver)
         except _LINALG_ERRORS as exc:
             err = exc
     raise InvalidInputError(f"the SVD of {what} (shape {a.shape}) did not converge: {err}",
@@ -173,8 +176,14 @@ def to_contraction(A: np.ndarray, *, spectrum: str = "scale") -> np.ndarray:
     U, s, Vt = _svd(A, "`A`")
     if s.size == 0 or s[0] <= 0:
         return A
-    s = s / s[0] if spectrum == "scale" else np.minimum(s, 1.0)
-    return (U * s) @ Vt
+    return (U * _contract_spectrum(s, spectrum)) @ Vt
+
+
+def _contract_spectrum(s: np.ndarray, spectrum: str) -> np.ndarray:
+    """Singular values (descending) of :func:`to_contraction`'s result."""
+    if s.size == 0 or s[0] <= 0:
+        return s
+    return s / s[0] if spectrum == "scale" else np.minimum(s, 1.0)
 
 
 def min_extra_dims(d_parent: int, d_raw: int) -> int:
@@ -182,7 +191,8 @@ def min_extra_dims(d_parent: int, d_raw: int) -> int:
     return max(0, d_raw - d_parent)
 
 
-def dilate(A: np.ndarray, extra_dims: int) -> tuple[np.ndarray, int]:
+def dilate(A: np.ndarray, extra_dims: int, *, svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+           ) -> tuple[np.ndarray, int]:
     """Complete a contraction to an isometry ``M = [A'; C]`` with at most ``extra_dims`` rows of C.
 
     Where ``C = (I - A^T A)^(1/2)`` has a rank above the budget, the singular values of ``A``
@@ -200,6 +210,8 @@ def dilate(A: np.ndarray, extra_dims: int) -> tuple[np.ndarray, int]:
         ``(d_p, d_h)`` contraction, finite.
     extra_dims:
         Budget; must be at least ``max(0, d_h - d_p)``.
+    svd:
+        ``A``'s full SVD ``(U, s, Vt)`` when the caller already has it (one SVD per fit).
 
     Returns
     -------
@@ -214,7 +226,7 @@ def dilate(A: np.ndarray, extra_dims: int) -> tuple[np.ndarray, int]:
         raise InvalidInputError(
             f"`extra_dims` must be >= {need} to embed {d_h} raw dims isometrically above a "
             f"{d_p}-dim parent; got {extra_dims}")
-    U, s, Vt = _svd(A, "`A`", full_matrices=True)  # U (d_p,d_p), Vt (d_h,d_h)
+    U, s, Vt = _svd(A, "`A`", full_matrices=True) if svd is None else svd  # U (d_p,d_p), Vt (d_h,d_h)
     if s.size and s[0] > 1 + 1e-6:
         raise InvalidInputError(f"`A` must be a contraction (spectral norm <= 1); got {s[0]:.6f}")
     m = min(d_p, d_h)
@@ -245,8 +257,10 @@ def _polar_factor(M: np.ndarray) -> np.ndarray:
 def complete_orthogonal(M: np.ndarray) -> np.ndarray:
     """Orthogonal ``Q`` (``d_v x d_v``) whose first ``d_h`` columns are ``M`` (``d_v x d_h``).
 
-    ``M`` is first snapped to the nearest matrix with orthonormal columns (its polar factor,
-    ``scipy.linalg.polar``), so round-off in ``M`` never leaks into ``Q``; the other columns are
+    ``M`` is first snapped to the nearest matrix with orthonormal columns (its polar factor:
+    a few Newton-Schulz steps when ``M`` is orthonormal up to float32 round-off, else
+    ``scipy.linalg.polar``), so round-off in ``M`` never leaks into ``Q``; an exactly
+    orthonormal ``M`` is completed by a Householder QR, otherwise the other columns are
     an orthonormal basis of the complement of its range (``scipy.linalg.null_space`` of
     ``M^T``). That basis is not unique, and which one LAPACK returns varies with the LAPACK
     build (numpy's and scipy's bundled builds already differ); it never matters, since a raw
@@ -268,6 +282,22 @@ def complete_orthogonal(M: np.ndarray) -> np.ndarray:
         raise InvalidInputError(f"cannot complete a {d_v}x{d_h} map: raw dim exceeds the version dim")
     if d_h == 0:
         return np.eye(d_v)
+    err = np.abs(M.T @ M - np.eye(d_h)).max()
+    if 1e-10 <= err < 1e-3:  # float32 round-off of an orthonormal M: Newton-Schulz to its polar factor
+        for _ in range(8):
+            M = 1.5 * M - 0.5 * M @ (M.T @ M)
+            err = np.abs(M.T @ M - np.eye(d_h)).max()
+            if err < 1e-10:
+                break
+    if err < 1e-10:
+        # already orthonormal (a dilation builds it so): a Householder QR completes it, several
+        # times faster than polar + null_space (two more SVDs) at 1280 dims
+        Qf, R = sla.qr(M, mode="full", check_finite=False)
+        Qf[:, :d_h] = M  # Q's first columns are M up to signs; keep M itself
+        rest = Qf[:, d_h:]
+        rest -= M @ (M.T @ rest)
+        rest, _ = np.linalg.qr(rest)
+        return np.hstack([M, rest])
     M = _polar_factor(M)
     try:
         # no keywords: scipy < 1.15 has neither check_finite nor lapack_driver here
@@ -311,12 +341,16 @@ def fit_isometric(H: np.ndarray, G: np.ndarray, *, extra_dims: int, ridge: float
     """
     H, G = _pairs(H, G)
     d_p, d_h = G.shape[1], H.shape[1]
+    if spectrum not in ("scale", "clip"):
+        raise InvalidInputError(f"`spectrum` must be 'scale' or 'clip'; got {spectrum!r}")
     A, _ = fit_linear(H, G, ridge=ridge)
-    A = to_contraction(A, spectrum=spectrum)
+    U, sv, Vt = _svd(A, "`A`", full_matrices=True)  # the one SVD of the fit
+    sv = _contract_spectrum(sv, spectrum)
+    m = sv.size
+    A = (U[:, :m] * sv) @ Vt[:m]
     e = max(int(extra_dims), min_extra_dims(d_p, d_h))
-    M, r = dilate(A, e)
+    M, r = dilate(A, e, svd=(U, sv, Vt))
     Q = complete_orthogonal(M)
-    sv = _svd(A, "`A`", compute_uv=False)
     info = {"dim": int(d_p + r), "rank_defect": int(r), "extra_dims_budget": int(e),
             "singular_values_min": float(sv.min()) if sv.size else 0.0,
             "singular_values_mean": float(sv.mean()) if sv.size else 0.0}
@@ -381,3 +415,115 @@ def fit_affine(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3) -> tuple[np
     W, b = fit_linear(H, G, ridge=ridge, bias=True)
     assert b is not None
     return W.astype(np.float32), b.astype(np.float32)
+
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
+"""Relative ridge strengths :func:`select_ridge` cross-validates (times the mean eigenvalue of
+``H^T H``, as in :func:`fit_linear`)."""
+
+
+def _fold_mrr(P: np.ndarray, G: np.ndarray, score: str) -> float:
+    """Identity-retrieval MRR of predictions ``P`` against their own rows of ``G``."""
+    return _fold_scores(P, G, score)[0]
+
+
+def _fold_scores(P: np.ndarray, G: np.ndarray, score: str) -> tuple[float, float, float]:
+    """``(MRR, mean cosine, -mean squared error)`` of predictions ``P`` against their own rows of ``G``."""
+    Pn = P / np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
+    Gn = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-12)
+    S = Pn @ Gn.T if score == "renorm" else P @ G.T
+    own = np.diagonal(S)
+    ranks = 1 + (S > own[:, None]).sum(1)
+    return (float(np.mean(1.0 / ranks)), float(np.mean(np.sum(Pn * Gn, axis=1))),
+            -float(np.mean(np.sum((P - G) ** 2, axis=1))))
+
+
+def _cv_key(sc: Any, score: str) -> tuple[float, ...]:
+    """What cross-validation maximizes: identity-retrieval MRR (to 1e-4), then mean cosine, under
+    cosine; the held-out squared error under ip, where the largest-norm items top every ranking
+    and identity retrieval says little about the map."""
+    return (float(sc[2]),) if score == "pad" else (round(float(sc[0]), 4), float(sc[1]))
+
+
+def select_ridge(H: Any, G: Any, *, grid: tuple[float, ...] = RIDGE_GRID,
+                 spectra: tuple[str, ...] = ("scale", "clip"), folds: int = 3, seed: int = 0,
+                 score: str = "renorm", max_eval: int = 500) -> dict[str, Any]:
+    """Ridge strength and spectrum handling by k-fold cross-validation on the pairs given.
+
+    Each fold fits the ridge map on the other folds and scores it on its own rows: under
+    ``renorm`` (cosine) by identity retrieval (MRR of each held-out ``A h`` among the fold's
+    ``g``, then mean cosine), under ``pad`` (inner product) by squared error. One eigendecomposition of
+    ``H^T H`` per fold gives every ridge strength of ``grid``; the spectrum (``scale`` or
+    ``clip``, :func:`to_contraction`) is then compared at the chosen strength.
+
+    Parameters
+    ----------
+    H, G:
+        ``(n, d_h)`` new and ``(n, d_p)`` parent vectors, paired by row, finite.
+    grid, spectra:
+        Candidates.
+    folds:
+        Number of folds (at most ``n // 5``; with fewer than 10 rows the middle of ``grid``
+        and the first of ``spectra`` are returned unscored).
+    max_eval:
+        At most this many rows of a fold are scored (the MRR is over a fold's rows).
+
+    Returns
+    -------
+    dict
+        ``ridge``, ``spectrum``, ``cv_mrr`` (``{ridge: mean MRR}`` with ``scale``) and
+        ``cv_spectrum`` (``{spectrum: mean MRR}`` at the chosen ridge).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0); H = rng.normal(size=(300, 8)); G = H[:, :4] + 0.1 * rng.normal(size=(300, 4))
+    >>> sorted(select_ridge(H, G))
+    ['cv_mrr', 'cv_mse', 'cv_spectrum', 'folds', 'ridge', 'spectrum']
+    """
+    H, G = _pairs(H, G)
+    n, d = H.shape
+    k = int(min(folds, n // 5))
+    if k < 2:
+        return {"ridge": float(grid[len(grid) // 2]), "spectrum": spectra[0], "cv_mrr": {}, "cv_spectrum": {},
+                "folds": 0}
+    perm = np.random.default_rng(seed + 104729).permutation(n)
+    parts = np.array_split(perm, k)
+    scores = np.zeros((len(grid), 3))
+    cache = []
+    for te in parts:
+        tr = np.setdiff1d(perm, te, assume_unique=True)
+        Ht, Gt = H[tr], G[tr]
+        Hv, Gv = H[te[:max_eval]], G[te[:max_eval]]
+        if Ht.shape[0] < d:  # fewer rows than dims: the kernel (n_t x n_t) form is cheaper
+            # A^T = H^T (H H^T + lam I)^-1 G = H^T W diag(1/(e+lam)) W^T G
+            e, W = np.linalg.eigh(Ht @ Ht.T)
+            left, L = Ht.T @ W, Hv @ Ht.T @ W
+        else:  # A^T = W diag(1/(e+lam)) W^T H^T G with H^T H = W diag(e) W^T
+            e, W = np.linalg.eigh(Ht.T @ Ht)
+            left, L = W, Hv @ W
+        R = W.T @ Gt if Ht.shape[0] < d else W.T @ (Ht.T @ Gt)
+        base = max(float(e.sum()) / max(d, 1), 1e-12)  # trace(H^T H) / d, as fit_linear scales it
+        e = np.clip(e, 0.0, None)
+        preds = [(L / (e + lam * base)) @ R for lam in grid]
+        scores += np.array([_fold_scores(P, Gv, score) for P in preds])
+        cache.append((left, e, R, base, Hv, Gv))
+    scores /= k
+    # best MRR (to 1e-4, below which fold noise decides), then best mean cosine with the own
+    # vector, then the stronger ridge
+    best = max(range(len(grid)), key=lambda i: (*_cv_key(scores[i], score), grid[i]))
+    lam = float(grid[best])
+    spec_scores: dict[str, np.ndarray] = {}
+    for sp in spectra:
+        if sp == "scale" and score == "renorm":  # a common factor changes no cosine: the score above
+            spec_scores[sp] = scores[best]
+            continue
+        tot = np.zeros(3)
+        for left, e, R, base, Hv, Gv in cache:
+            A = to_contraction(((left / (e + lam * base)) @ R).T, spectrum=sp)
+            tot += np.array(_fold_scores(Hv @ A.T, Gv, score))
+        spec_scores[sp] = tot / k
+    spectrum = max(spectra, key=lambda s: (*_cv_key(spec_scores[s], score), -spectra.index(s)))
+    return {"ridge": lam, "spectrum": spectrum,
+            "cv_mrr": {str(g): round(float(s), 6) for g, s in zip(grid, scores[:, 0])},
+            "cv_spectrum": {s: round(float(v[0]), 6) for s, v in spec_scores.items()},
+            "cv_mse": {str(g): round(float(-s), 6) for g, s in zip(grid, scores[:, 2])}, "folds": k}

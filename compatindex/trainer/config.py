@@ -1,4 +1,4 @@
-"""Training configuration as dataclasses (style.md §14: no ``exec`` configurator).
+"""Training configuration as dataclasses (fields described in docs/trainer.md).
 
 Every field is a plain Python value, so ``asdict(config)`` is msgpack-able and stored with the
 version it produced: a version can be rebuilt from the index alone.
@@ -53,17 +53,24 @@ class TrainConfig(_DictMixin):
     extra_dims: int | None = None
     """Budget of dims added to the parent's (``None``: ``max(8, d_parent // 8)``)."""
     holdout: float = 0.2
-    """Fraction of the pairs held out for model selection and the gate."""
+    """Fraction of the pairs held out for the gate (seen by nothing else)."""
+    select_holdout: float = 0.2
+    """Fraction of the remaining pairs held out for model selection and keep-best."""
     min_holdout: int = 20
     seed: int = 0
-    normalize_input: bool = True
-    """L2-normalize raw new vectors first (a ``normalize`` head step): cosine geometry."""
+    normalize_input: bool | None = None
+    """L2-normalize raw new vectors first (a ``normalize`` head step). ``None`` follows the
+    parent's metric: normalized under ``cosine``, untouched under ``ip`` (where a norm is part
+    of the score and normalizing would break an isometric upgrade)."""
     # closed forms
-    ridge: float = 1e-3
-    """Ridge strength, relative to the mean eigenvalue of ``H^T H``."""
-    spectrum: str = "scale"
+    ridge: float | str = "cv"
+    """Ridge strength, relative to the mean eigenvalue of ``H^T H``; ``"cv"`` picks it from
+    :data:`~compatindex.trainer.closed_form.RIDGE_GRID` by 3-fold cross-validation on the
+    training split."""
+    spectrum: str = "auto"
     """How the fitted map becomes a contraction: ``scale`` (divide by its top singular value
-    when above 1) or ``clip`` (clip every singular value at 1)."""
+    when above 1), ``clip`` (clip every singular value at 1), or ``auto`` (the one that scores
+    better in the same cross-validation)."""
     # torch heads (oca, mlp)
     steps: int = 400
     batch_size: int = 256
@@ -77,27 +84,48 @@ class TrainConfig(_DictMixin):
     orth_impl: str = "auto"
     """Orthogonal layers: ``param`` (torch parametrizations.orthogonal), ``retract`` (Newton-Schulz
     retraction after each step, exact polar projection at the end) or ``auto`` (param up to 128 dims)."""
-    w_ce: float = 5.0
-    w_bct: float = 10.0
-    w_cos: float = 5.0
-    w_pair: float = 5.0
-    w_nce: float = 1.0
+    w_ce: float = 1.0
+    w_bct: float = 1.0
+    w_cos: float = 1.0
+    """Class terms of the head (CE of the training classifier, prototype CE, cosine to the
+    prototype): 3 in all, balanced against the 3 of the pair terms below."""
+    w_pair: float = 1.0
+    w_nce: float = 2.0
+    """Pair terms: cosine with the item's stored vector, and InfoNCE with in-batch negatives
+    (contrastive beats MSE for post-hoc maps: "λ-orthogonality", NeurIPS 2025)."""
     temperature: float = 0.05
+    """InfoNCE temperature of the pair term."""
+    proto_temperature: float = 0.1
+    """Temperature of the prototype CE (logits ``cos / T``)."""
     label_smoothing: float = 0.1
     device: str = "auto"
+    threads: int | None = None
+    """torch and BLAS threads while the trainer fits (None: the faster of 1 and all cores,
+    measured once per process by :func:`compatindex.trainer.threads.best_threads`; on a busy
+    2-core machine one thread was several times faster than two). Restored afterwards."""
+    eval_every: int = 25
+    """Torch heads score the selection split every this many steps and keep the best state."""
+    max_seconds: float | None = 20.0
+    """Wall-clock budget of one torch head's training (None: no limit); the best state so far
+    is kept when it runs out, and the report says so."""
     quiet: bool = True
     # gate
     gate_metric: str = "top1"
     """Label gate: ``top1`` or ``mAP`` in M(new, old) > M(old, old)."""
-    gate_margin: float = 0.05
-    """Pairs gate: held-out MRR must beat the shuffled-pairs control by this much."""
+    gate_margin: float = 0.01
+    """Pairs gate: the gate split's MRR in the stored gallery must beat the shuffled-pairs
+    control by this much (an absolute floor, not a ratio)."""
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"`method` must be one of {METHODS}; got {self.method!r}")
         _check(self.extra_dims is None or int(self.extra_dims) >= 0,
                f"`extra_dims` must be >= 0; got {self.extra_dims!r}")
         _check(0.0 < self.holdout < 1.0, f"`holdout` must be in (0, 1); got {self.holdout!r}")
-        _check(self.spectrum in ("scale", "clip"), f"`spectrum` must be 'scale' or 'clip'; got {self.spectrum!r}")
+        _check(0.0 < self.select_holdout < 1.0, f"`select_holdout` must be in (0, 1); got {self.select_holdout!r}")
+        _check(self.spectrum in ("auto", "scale", "clip"),
+               f"`spectrum` must be 'auto', 'scale' or 'clip'; got {self.spectrum!r}")
+        _check(self.ridge == "cv" or (isinstance(self.ridge, (int, float)) and self.ridge >= 0),
+               f"`ridge` must be 'cv' or a number >= 0; got {self.ridge!r}")
         _check(self.oca_head in ("isometry", "linear", "mlp"),
                f"`oca_head` must be 'isometry', 'linear' or 'mlp'; got {self.oca_head!r}")
         _check(self.gate_metric in ("top1", "mAP"), f"`gate_metric` must be 'top1' or 'mAP'; got {self.gate_metric!r}")
@@ -109,7 +137,9 @@ class TrainConfig(_DictMixin):
 class BackboneConfig(_DictMixin):
     """Whole-model training (:func:`~compatindex.trainer.train_backbone`), OCA's recipe by default.
 
-    OCA: Adam, lr 1e-3, wd 2^-15, label smoothing 0.1, loss weights 5 / 10 / 5 (methods.md §1.2).
+    OCA: Adam, lr 1e-3, wd 2^-15, label smoothing 0.1, loss weights 5 / 10 / 5, as in the code
+    released with "Backward-Compatible Aligned Representations via an Orthogonal Transformation
+    Layer" (Ricci et al., 2024); docs/trainer.md, "Whole-model training".
     """
 
     method: str = "oca"
@@ -121,7 +151,8 @@ class BackboneConfig(_DictMixin):
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 3.0517578125e-5
-    warmup_steps: int = 0
+    warmup_steps: int | None = None
+    """Linear warm-up steps before the cosine decay (None: 5% of the run, OCA's 5 of 100 epochs)."""
     label_smoothing: float = 0.1
     w_ce: float = 5.0
     w_bct: float = 10.0

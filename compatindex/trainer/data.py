@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError
+from ..errors import DimensionMismatchError, InvalidInputError, UnknownIdError
 
 
 @dataclass
@@ -42,6 +42,15 @@ class PairData:
     classes: list[Any] | None = None
     prototypes: np.ndarray | None = None
     gallery: np.ndarray | None = None
+    gallery_labels: np.ndarray | None = None
+    """``(m,)`` int64 class index of each gallery row (``-1``: unknown), or None."""
+    metric: str = "cosine"
+    """The parent's metric (``cosine`` or ``ip``): how the gate and the fits compare vectors."""
+
+    @property
+    def score(self) -> str:
+        """The :mod:`compatindex.evaluation` score convention of :attr:`metric`."""
+        return "pad" if self.metric == "ip" else "renorm"
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,7 +112,7 @@ def split(n: int, holdout: float, *, seed: int = 0, min_holdout: int = 20) -> tu
 
 def pairs_from_arrays(H: np.ndarray, G: np.ndarray, labels: list[Any] | np.ndarray | None = None, *,
                       gallery: np.ndarray | None = None, gallery_labels: Any = None,
-                      ids: list[Any] | None = None) -> PairData:
+                      ids: list[Any] | None = None, metric: str = "cosine") -> PairData:
     """Build :class:`PairData` without an index (tests, benchmarks).
 
     Prototypes come from ``G`` plus ``gallery`` (with ``gallery_labels``) when labels are given.
@@ -113,19 +122,21 @@ def pairs_from_arrays(H: np.ndarray, G: np.ndarray, labels: list[Any] | np.ndarr
     if H.shape[0] != G.shape[0]:
         raise InvalidInputError(f"`H` and `G` must have the same rows; got {H.shape[0]} and {G.shape[0]}")
     gal = np.zeros((0, G.shape[1]), np.float32) if gallery is None else np.asarray(gallery, np.float32)
-    lab_arr = classes = P = None
+    lab_arr = classes = P = gal_idx = None
     if labels is not None:
         all_labels = list(labels) + (list(gallery_labels) if gallery_labels is not None else [])
         idx, classes = class_index(all_labels)
         lab_arr = idx[: len(G)]
         vecs = G if gallery_labels is None else np.vstack([G, gal])
         P = prototypes_from_labels(vecs, idx, len(classes))
+        if gallery_labels is not None:
+            gal_idx = idx[len(G):]
     return PairData(ids=list(range(len(G))) if ids is None else list(ids), H=H, G=G, labels=lab_arr,
-                    classes=classes, prototypes=P, gallery=gal)
+                    classes=classes, prototypes=P, gallery=gal, gallery_labels=gal_idx, metric=metric)
 
 
 def load_pairs(index: Any, new_raw: np.ndarray, ids: list[Any], *, parent: str, use_labels: bool = True,
-               gallery_limit: int = 100_000, seed: int = 0) -> PairData:
+               gallery_limit: int = 100_000, seed: int = 0, explicit_parent: bool = True) -> PairData:
     """Join raw new vectors with the stored parent vectors (and labels) of the same items.
 
     Parameters
@@ -143,6 +154,9 @@ def load_pairs(index: Any, new_raw: np.ndarray, ids: list[Any], *, parent: str, 
         (fetched) gallery.
     gallery_limit:
         At most this many stored items are read for prototypes and distractors.
+    explicit_parent:
+        Whether the caller named ``parent`` (else it is the latest version: the error then says
+        how to pick another).
     """
     H = np.ascontiguousarray(new_raw, dtype=np.float32)
     ids = list(ids)
@@ -154,12 +168,22 @@ def load_pairs(index: Any, new_raw: np.ndarray, ids: list[Any], *, parent: str, 
         raise InvalidInputError("`ids` holds duplicates; give each item one raw new vector")
     if not np.all(np.isfinite(H)):
         raise InvalidInputError("`vectors` holds NaN or inf")
-    pairs = index.fetch(parent, ids=ids)
+    hint = "pairs must be items stored in the parent version"
+    if not explicit_parent:
+        hint = (f"the parent defaults to the latest version, {parent!r}: pass parent= / --parent with the "
+                f"version these items are stored in, or backfill them into {parent!r} first")
+    try:
+        pairs = index.fetch(parent, ids=ids)
+    except UnknownIdError as exc:
+        if "hold no vector" not in str(exc):
+            raise  # ids the index does not hold at all
+        raise InvalidInputError(f"some of the {len(ids)} ids hold no vector of version {parent!r} ({exc})",
+                                hint=hint) from None
     pos = {i: k for k, i in enumerate(pairs.ids)}
     missing = [i for i in ids if i not in pos]
     if missing:  # fetch may skip items without a parent vector
-        raise InvalidInputError(f"{len(missing)} ids hold no vector of version {parent!r}, e.g. {missing[:3]}",
-                                hint="pairs must be items stored in the parent version")
+        raise InvalidInputError(f"{len(missing)} of {len(ids)} ids hold no vector of version {parent!r}, "
+                                f"e.g. {missing[:3]}", hint=hint)
     order = np.array([pos[i] for i in ids], dtype=np.int64)
     G = np.ascontiguousarray(np.asarray(pairs.vectors, dtype=np.float32)[order])
     gal_batch = index.fetch(parent, limit=gallery_limit, seed=seed)
@@ -167,12 +191,16 @@ def load_pairs(index: Any, new_raw: np.ndarray, ids: list[Any], *, parent: str, 
     keep = [k for k, i in enumerate(gal_batch.ids) if i not in pair_set]
     gallery = np.asarray(gal_batch.vectors, dtype=np.float32)[keep] if keep else \
         np.zeros((0, G.shape[1]), np.float32)
-    labels = classes = P = None
+    labels = classes = P = gal_idx = None
     if use_labels:
         pair_labels = [pairs.labels[k] for k in order]
         gal_labels = [gal_batch.labels[k] for k in keep]
         if any(lab is not None for lab in pair_labels):
             idx, classes = class_index(pair_labels + gal_labels)
             labels = idx[: len(ids)]
+            gal_idx = idx[len(ids):]
             P = prototypes_from_labels(np.vstack([G, gallery]), idx, len(classes))
-    return PairData(ids=ids, H=H, G=G, labels=labels, classes=classes, prototypes=P, gallery=gallery)
+    m = index.version(parent).metric
+    metric = getattr(m, "value", m)
+    return PairData(ids=ids, H=H, G=G, labels=labels, classes=classes, prototypes=P, gallery=gallery,
+                    gallery_labels=gal_idx, metric=str(metric))

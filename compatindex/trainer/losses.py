@@ -1,4 +1,8 @@
-"""Compatibility losses as ``nn.Module`` s (methods.md §1.2 OCA, §3 BCT), shapes in comments.
+"""Compatibility losses as ``nn.Module`` s, shapes in comments.
+
+OCA: "Backward-Compatible Aligned Representations via an Orthogonal Transformation Layer"
+(Ricci et al., 2024). BCT: "Towards Backward-Compatible Representation Learning" (Shen et al.,
+CVPR 2020). How the trainer uses them: docs/trainer.md, "Methods".
 
 ``P`` is the prototype matrix ``(C, d_p)``: the mean stored parent vector of each label, BCT's
 "old classifier" (not re-normalized, as in OCA's code). Classes without a prototype (labels the
@@ -13,15 +17,22 @@ from torch import Tensor, nn
 
 
 class PrototypeCE(nn.Module):
-    """BCT influence loss: label-smoothed CE of ``normalize(h_bct) P^T`` against ``y``.
+    """BCT influence loss: label-smoothed CE of ``normalize(h_bct) P^T / temperature`` against ``y``.
 
     Only samples whose class has a prototype count, and the logits run over those classes.
+    ``temperature`` divides the logits: with 1 (OCA's and BCT's code) they stay in [-1, 1] and
+    the softmax can barely separate classes; the frozen-encoder heads use a lower one.
     """
 
+    P: Tensor  # buffers (register_buffer), declared for the type checker
+    has: Tensor
+    remap: Tensor
+
     def __init__(self, prototypes: Tensor, has_proto: Tensor | None = None, *,
-                 label_smoothing: float = 0.1) -> None:
+                 label_smoothing: float = 0.1, temperature: float = 1.0) -> None:
         super().__init__()
         C = prototypes.shape[0]
+        self.temperature = float(temperature)
         has = torch.ones(C, dtype=torch.bool) if has_proto is None else has_proto.to(torch.bool)
         remap = torch.full((C,), -1, dtype=torch.long)
         remap[has] = torch.arange(int(has.sum()))
@@ -35,12 +46,15 @@ class PrototypeCE(nn.Module):
         if not bool(keep.any()):
             return h_bct.sum() * 0.0
         hn = F.normalize(h_bct[keep], dim=1)  # (b, d_p)
-        logits = hn @ self.P[self.has].T  # (b, C')
+        logits = hn @ self.P[self.has].T / self.temperature  # (b, C')
         return F.cross_entropy(logits, self.remap[y[keep]], label_smoothing=self.label_smoothing)
 
 
 class PrototypeCosine(nn.Module):
     """Mean ``1 - cos(h_bct, P[y])`` over samples whose class has a prototype."""
+
+    P: Tensor  # buffers (register_buffer), declared for the type checker
+    has: Tensor
 
     def __init__(self, prototypes: Tensor, has_proto: Tensor | None = None) -> None:
         super().__init__()
@@ -64,9 +78,10 @@ class OCALoss(nn.Module):
     """
 
     def __init__(self, prototypes: Tensor, has_proto: Tensor | None = None, *, w_ce: float = 5.0,
-                 w_bct: float = 10.0, w_cos: float = 5.0, label_smoothing: float = 0.1) -> None:
+                 w_bct: float = 10.0, w_cos: float = 5.0, label_smoothing: float = 0.1,
+                 temperature: float = 1.0) -> None:
         super().__init__()
-        self.bct = PrototypeCE(prototypes, has_proto, label_smoothing=label_smoothing)
+        self.bct = PrototypeCE(prototypes, has_proto, label_smoothing=label_smoothing, temperature=temperature)
         self.cos = PrototypeCosine(prototypes, has_proto)
         self.w = (w_ce, w_bct, w_cos)
         self.label_smoothing = label_smoothing

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from . import closed_form as cf
 from .config import TrainConfig
 from .data import PairData, load_pairs, normalize_rows, split
 from .gate import label_gate, pairs_gate
+
+if TYPE_CHECKING:  # the trainer sits below the facade: typed against it, never imports it
+    from ..core.datatypes import Version
+    from ..index import Index
 
 ISOMETRIC_FAMILY = ("isometric", "procrustes", "oca")
 """What ``auto`` chooses among: every one maps the raw new space isometrically (with the default
@@ -48,21 +52,60 @@ def default_extra_dims(d_parent: int) -> int:
     return max(8, d_parent // 8)
 
 
-def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int) -> dict[str, Any]:
-    """Fit one method on ``data``; returns ``{"extension", "head", "dim", "raw_dim", "info"}``."""
+def resolve_config(cfg: TrainConfig, data: PairData) -> tuple[TrainConfig, dict[str, Any]]:
+    """Settle the data-dependent fields of ``cfg`` on ``data`` (a training split).
+
+    ``normalize_input=None`` follows the parent's metric (normalize under cosine, not under
+    ip); ``ridge="cv"`` and ``spectrum="auto"`` are chosen by
+    :func:`~compatindex.trainer.closed_form.select_ridge` (cross-validation on ``data`` only).
+
+    Returns
+    -------
+    (config, selection):
+        A config with plain values, and the cross-validation record (empty when nothing was
+        chosen).
+    """
+    norm = cfg.normalize_input if cfg.normalize_input is not None else data.metric != "ip"
+    cfg = replace(cfg, normalize_input=bool(norm))
+    sel: dict[str, Any] = {}
+    if cfg.ridge == "cv" or cfg.spectrum == "auto":
+        Hn = normalize_rows(data.H) if norm else data.H
+        grid = cf.RIDGE_GRID if cfg.ridge == "cv" else (float(cfg.ridge),)
+        spectra = ("scale", "clip") if cfg.spectrum == "auto" else (cfg.spectrum,)
+        sel = cf.select_ridge(Hn, data.G, grid=grid, spectra=spectra, seed=cfg.seed, score=data.score)
+        cfg = replace(cfg, ridge=sel["ridge"], spectrum=sel["spectrum"])
+    return cfg, sel
+
+
+def _resolved(cfg: TrainConfig) -> bool:
+    return cfg.normalize_input is not None and cfg.ridge != "cv" and cfg.spectrum != "auto"
+
+
+def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
+               val: PairData | None = None) -> dict[str, Any]:
+    """Fit one method on ``data``; returns ``{"extension", "head", "dim", "raw_dim", "info"}``.
+
+    Data-dependent fields of ``cfg`` (``ridge="cv"``, ``spectrum="auto"``,
+    ``normalize_input=None``) are settled on ``data`` first (:func:`resolve_config`). ``val``
+    (a selection split) lets torch heads keep their best state and fall back to their
+    closed-form start.
+    """
+    if not _resolved(cfg):
+        cfg, _ = resolve_config(cfg, data)
+    ridge, normalize_input = float(cfg.ridge), bool(cfg.normalize_input)  # resolved: a number, a bool
     Hn = normalize_rows(data.H) if cfg.normalize_input else data.H
     G = data.G
     d_h = Hn.shape[1]
     pre = {"kind": "normalize"} if cfg.normalize_input else None
     e = cfg.extra_dims if cfg.extra_dims is not None else default_extra_dims(d_parent)
     if method == "isometric":
-        Q, info = cf.fit_isometric(Hn, G, extra_dims=e, ridge=cfg.ridge, spectrum=cfg.spectrum)
+        Q, info = cf.fit_isometric(Hn, G, extra_dims=e, ridge=ridge, spectrum=cfg.spectrum)
         return {"extension": Q, "head": pre, "dim": info["dim"], "raw_dim": d_h, "info": info}
     if method == "procrustes":
         Q, info = cf.fit_procrustes(Hn, G)
         return {"extension": Q, "head": pre, "dim": info["dim"], "raw_dim": d_h, "info": info}
     if method == "affine":
-        W, b = cf.fit_affine(Hn, G, ridge=cfg.ridge)
+        W, b = cf.fit_affine(Hn, G, ridge=ridge)
         lin = {"kind": "linear", "in_dim": d_h, "out_dim": d_parent, "W": W, "b": b}
         spec = {"kind": "chain", "steps": [s for s in (pre, lin, {"kind": "normalize"}) if s is not None]}
         return {"extension": None, "head": spec, "dim": d_parent, "raw_dim": d_h,
@@ -70,33 +113,54 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int) 
     from .adapters import export_head, fit_head  # torch only when needed
 
     if method == "mlp":
-        W, b = cf.fit_affine(Hn, G, ridge=cfg.ridge)
-        model, hist = fit_head("mlp", Hn, G, d_v=d_parent, cfg=replace(cfg, w_ce=0.0), init=(W, b), desc="mlp")
-        out = export_head(model, normalize_input=cfg.normalize_input)
+        W, b = cf.fit_affine(Hn, G, ridge=ridge)
+        model, hist = fit_head("mlp", Hn, G, d_v=d_parent, cfg=replace(cfg, w_ce=0.0), init=(W, b), desc="mlp",
+                               val=_val_arrays(val, cfg), score=data.score)
+        out = export_head(model, normalize_input=normalize_input)
         out["info"] = {"dim": d_parent, "final_loss": hist}
         return out
     if method == "oca":
-        Q0, info0 = cf.fit_isometric(Hn, G, extra_dims=e, ridge=cfg.ridge, spectrum=cfg.spectrum)
+        Q0, info0 = cf.fit_isometric(Hn, G, extra_dims=e, ridge=ridge, spectrum=cfg.spectrum)
+        start = "isometric"
+        if val is not None and len(val) and cfg.oca_head == "isometry":
+            # start from the better closed form on the selection split: keep-best then
+            # guarantees the head never ends below it there
+            Qp, infop = cf.fit_procrustes(Hn, G)
+            iso = {"extension": Q0, "head": pre, "dim": info0["dim"], "raw_dim": d_h}
+            pro = {"extension": Qp, "head": pre, "dim": infop["dim"], "raw_dim": d_h}
+            if _score(_evaluate(pro, val, None), cfg.gate_metric) > _score(_evaluate(iso, val, None), cfg.gate_metric):
+                Q0, info0, start = Qp, infop, "procrustes"
         d_v = info0["dim"]
         M0 = Q0[:, :d_h].astype(np.float64)
         init: Any = M0 if cfg.oca_head == "isometry" else (M0, None)
         model, hist = fit_head(cfg.oca_head, Hn, G, d_v=d_v, cfg=cfg, labels=data.labels,
-                               prototypes=data.prototypes, init=init, desc="oca")
-        out = export_head(model, normalize_input=cfg.normalize_input)
-        out["info"] = {"dim": d_v, "head": cfg.oca_head, "labels": data.labels is not None, "final_loss": hist}
+                               prototypes=data.prototypes, init=init, desc="oca", val=_val_arrays(val, cfg),
+                               score=data.score)
+        out = export_head(model, normalize_input=normalize_input)
+        out["info"] = {"dim": d_v, "head": cfg.oca_head, "start": start, "labels": data.labels is not None,
+                       "final_loss": hist}
         return out
     raise InvalidInputError(f"`method` must be one of isometric, procrustes, oca, affine, mlp; got {method!r}")
 
 
+def _val_arrays(val: PairData | None, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, Any] | None:
+    """``(H, G, labels)`` of a selection split as the heads see them (normalized like training)."""
+    if val is None or len(val) == 0:
+        return None
+    H = normalize_rows(val.H) if cfg.normalize_input else np.asarray(val.H, np.float32)
+    return H, np.asarray(val.G, np.float32), val.labels
+
+
 def _evaluate(fit: dict[str, Any], test: PairData, gallery: np.ndarray | None) -> dict[str, Any]:
     Z = to_space(fit, test.H)
+    sc = test.score
     out: dict[str, Any] = {"pairs": ev.pair_alignment(Z, test.G if gallery is None or not len(gallery)
-                                                     else np.vstack([test.G, gallery]))}
+                                                     else np.vstack([test.G, gallery]), score=sc)}
     if test.labels is not None and np.sum(test.labels >= 0) >= 2:
         m = test.labels >= 0
         y = test.labels[m]
-        out["new_old"] = ev.cmc_map(Z[m], test.G[m], y, y, leave_one_out=True)
-        out["new_new"] = ev.cmc_map(Z[m], Z[m], y, y, leave_one_out=True)
+        out["new_old"] = ev.cmc_map(Z[m], test.G[m], y, y, leave_one_out=True, score=sc)
+        out["new_new"] = ev.cmc_map(Z[m], Z[m], y, y, leave_one_out=True, score=sc)
     return out
 
 
@@ -119,9 +183,54 @@ def _clean(x: Any) -> Any:
     return x
 
 
+CLOSED_FORMS = ("isometric", "procrustes", "affine")
+"""Methods fitted in closed form (seconds); the others train a torch head from a closed-form start."""
+CONTROL_OF = {"oca": "isometric", "mlp": "affine"}
+"""The shuffled-pairs control of a torch method: its closed-form start fitted on shuffled pairs
+(retraining the head on junk would cost its whole training time and could only do worse)."""
+
+
+def _gate(fit: dict[str, Any], method: str, train: PairData, test: PairData, cfg: TrainConfig, *,
+          d_parent: int, gallery: np.ndarray | None, version: str, parent: str,
+          gallery_labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Every gate rule on the gate split ``test`` for a fit of ``method`` trained on ``train``."""
+    ctrl = CONTROL_OF.get(method, method)
+    shuf_fit = fit_method(ctrl, train.shuffled(cfg.seed), cfg, d_parent=d_parent)
+    Z = to_space(fit, test.H)
+    Z_shuf = to_space(shuf_fit, test.H)
+    H_raw = normalize_rows(test.H) if cfg.normalize_input else np.asarray(test.H, np.float32)
+    gate: dict[str, Any] = {"pairs": pairs_gate(Z, Z_shuf, H_raw, test.G, gallery, margin=cfg.gate_margin,
+                                                score=test.score, seed=cfg.seed, version=f"version {version!r}",
+                                                labels=test.labels, gallery_labels=gallery_labels)}
+    gate["pairs"]["control_method"] = ctrl
+    reasons = list(gate["pairs"]["reasons"])
+    if test.labels is not None:
+        gate["labels"] = label_gate(Z, test.G, test.labels, H_new=H_raw, metric=cfg.gate_metric, score=test.score,
+                                    seed=cfg.seed, version=f"{version!r}", parent=f"{parent!r}")
+        reasons += gate["labels"]["reasons"]
+    gate["passed"] = not reasons
+    gate["reasons"] = reasons
+    return gate
+
+
+def _merge(a: PairData, b: PairData) -> PairData:
+    return replace(a, ids=list(a.ids) + list(b.ids), H=np.vstack([a.H, b.H]), G=np.vstack([a.G, b.G]),
+                   labels=None if a.labels is None else np.concatenate([a.labels, b.labels]))
+
+
 def fit_upgrade(data: PairData, *, d_parent: int, config: TrainConfig | None = None,
-                methods: list[str] | None = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Fit candidates on a training split, keep the best on the held-out split, run the gate.
+                methods: list[str] | None = None, name: str = "new", parent: str = "parent"
+                ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Fit candidates, select on a validation split, run the gate on a third, unseen split.
+
+    The pairs are split three ways: the *gate split* (``holdout``, at least ``min_holdout``
+    items) is seen only by the gate; the rest is split again into a *training split* and a
+    *selection split* (``select_holdout`` of it). Ridge strength and spectrum are
+    cross-validated inside the training split. Closed forms are fitted first and gated on the
+    pairs rule: when their best already fails it (pairs joined to the wrong ids, another
+    modality), the upgrade is refused without training any torch head. Torch heads start at the
+    closed form, keep their best state on the selection split and fall back to the start when
+    training does not beat it. A closed-form winner is refitted on training + selection splits.
 
     Parameters
     ----------
@@ -134,64 +243,132 @@ def fit_upgrade(data: PairData, *, d_parent: int, config: TrainConfig | None = N
         :class:`TrainConfig` (``method="auto"`` tries :data:`ISOMETRIC_FAMILY`).
     methods:
         Override the candidate list.
+    name, parent:
+        Names of the version being made and of its parent, for the gate's messages.
 
     Returns
     -------
     (fit, report):
-        ``fit`` is ``{"extension", "head", "dim", "raw_dim", "info"}`` of the winner (None when
-        nothing could be fitted); ``report["gate"]["passed"]`` says whether it may be registered.
+        ``fit`` is ``{"extension", "head", "dim", "raw_dim", "info"}`` of the winner;
+        ``report["gate"]["passed"]`` says whether it may be registered.
     """
     cfg = config or TrainConfig()
     if data.G.shape[1] != d_parent:
         raise InvalidInputError(f"stored parent vectors have dim {data.G.shape[1]}; `d_parent` says {d_parent}")
+    from .threads import limit_threads
+
+    with limit_threads(cfg.threads) as k:
+        fit, report = _fit_upgrade(data, d_parent=d_parent, cfg=cfg, config=config, methods=methods, name=name,
+                                   parent=parent)
+    report["threads"] = k
+    return fit, report
+
+
+def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: TrainConfig | None,
+                 methods: list[str] | None, name: str, parent: str) -> tuple[dict[str, Any], dict[str, Any]]:
     n = len(data)
-    if n < 10:
-        raise InvalidInputError(f"need at least 10 pairs to fit and hold out; got {n}",
+    if n < 30:
+        raise InvalidInputError(f"need at least 30 pairs to fit, select and hold out; got {n}",
                                 hint="give raw new vectors for more stored items")
-    tr_idx, te_idx = split(n, cfg.holdout, seed=cfg.seed, min_holdout=cfg.min_holdout)
-    train, test = data.subset(tr_idx), data.subset(te_idx)
+    tr_all, te_idx = split(n, cfg.holdout, seed=cfg.seed, min_holdout=cfg.min_holdout)
+    sub_tr, sub_va = split(len(tr_all), cfg.select_holdout, seed=cfg.seed + 1, min_holdout=min(cfg.min_holdout, 10))
+    train, val, test = data.subset(tr_all[sub_tr]), data.subset(tr_all[sub_va]), data.subset(te_idx)
+    t0 = time.perf_counter()
+    cfg, selection = resolve_config(cfg, train)
     cands = methods or (list(ISOMETRIC_FAMILY) if cfg.method == "auto" else [cfg.method])
     report: dict[str, Any] = {
-        "method": cfg.method,
-        "data": {"n_pairs": n, "n_train": len(train), "n_heldout": len(test), "raw_dim": int(data.H.shape[1]),
-                 "parent_dim": int(d_parent), "labels": data.labels is not None,
-                 "n_classes": len(data.classes or []), "n_distractors": 0 if data.gallery is None
-                 else int(len(data.gallery))},
+        "method": config.method if config is not None else "auto",
+        "data": {"n_pairs": n, "n_train": len(train), "n_select": len(val), "n_heldout": len(test),
+                 "raw_dim": int(data.H.shape[1]), "parent_dim": int(d_parent), "labels": data.labels is not None,
+                 "n_classes": len(data.classes or []), "metric": data.metric,
+                 "n_distractors": 0 if data.gallery is None else int(len(data.gallery))},
+        "resolved": {"ridge": cfg.ridge, "spectrum": cfg.spectrum, "normalize_input": cfg.normalize_input},
+        "selection": {**selection, "seconds": round(time.perf_counter() - t0, 3)},
         "candidates": [],
     }
     fits: dict[str, dict[str, Any]] = {}
-    for m in cands:
-        t0 = time.perf_counter()
-        fit = fit_method(m, train, cfg, d_parent=d_parent)
-        dt = time.perf_counter() - t0
-        e = _evaluate(fit, test, data.gallery)
+
+    def run(m: str) -> None:
+        t = time.perf_counter()
+        fit = fit_method(m, train, cfg, d_parent=d_parent, val=val)
+        dt = time.perf_counter() - t
         fits[m] = fit
-        report["candidates"].append({"method": m, "dim": fit["dim"], "fit_seconds": dt, "heldout": e,
-                                     "info": fit.get("info", {})})
+        report["candidates"].append({"method": m, "dim": fit["dim"], "fit_seconds": dt,
+                                     "heldout": _evaluate(fit, val, data.gallery), "info": fit.get("info", {})})
+
+    closed = [m for m in cands if m in CLOSED_FORMS]
+    for m in closed:
+        run(m)
+    if closed and len(closed) < len(cands):  # the closed-form gate, before any torch training
+        best = max(report["candidates"], key=lambda c: _score(c["heldout"], cfg.gate_metric))
+        pre = _gate(fits[best["method"]], best["method"], train, test, cfg, d_parent=d_parent,
+                    gallery=data.gallery, version=name, parent=parent,
+                    gallery_labels=data.gallery_labels)
+        report["closed_form_gate"] = {"method": best["method"], "passed": pre["pairs"]["passed"],
+                                      "reasons": pre["pairs"]["reasons"]}
+        if not pre["pairs"]["passed"]:
+            report["skipped"] = [m for m in cands if m not in closed]
+            report["chosen"] = best["method"]
+            report["gate"] = pre
+            report["dim"] = fits[best["method"]]["dim"]
+            return fits[best["method"]], _clean(report)
+    for m in cands:
+        if m not in closed:
+            run(m)
     best = max(report["candidates"], key=lambda c: _score(c["heldout"], cfg.gate_metric))
     chosen = best["method"]
     report["chosen"] = chosen
+    fit_train = train
+    if chosen in CLOSED_FORMS:  # refit on everything the gate does not see
+        fit_train = _merge(train, val)
+        fits[chosen] = fit_method(chosen, fit_train, cfg, d_parent=d_parent)
     fit = fits[chosen]
-    # gate: controls on the held-out split
-    shuf_fit = fit_method(chosen, train.shuffled(cfg.seed), cfg, d_parent=d_parent)
-    Z = to_space(fit, test.H)
-    Z_shuf = to_space(shuf_fit, test.H)
-    H_raw = normalize_rows(test.H)
-    gate: dict[str, Any] = {"pairs": pairs_gate(Z, Z_shuf, H_raw, test.G, data.gallery, margin=cfg.gate_margin)}
-    reasons = list(gate["pairs"]["reasons"])
-    if test.labels is not None:
-        gate["labels"] = label_gate(Z, test.G, test.labels, H_new=H_raw, metric=cfg.gate_metric)
-        reasons += gate["labels"]["reasons"]
-    gate["passed"] = not reasons
-    gate["reasons"] = reasons
-    report["gate"] = gate
+    report["gate"] = _gate(fit, chosen, fit_train, test, cfg, d_parent=d_parent, gallery=data.gallery,
+                           version=name, parent=parent, gallery_labels=data.gallery_labels)
     report["dim"] = fit["dim"]
     return fit, _clean(report)
 
 
+def _next_name(index: Any) -> str:
+    taken = {v.name for v in index.versions()}
+    k = len(taken) + 1
+    while f"v{k}" in taken:
+        k += 1
+    return f"v{k}"
+
+
+def _dry_run_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What a user needs to decide whether the upgrade is worth doing (gate split figures)."""
+    g = report["gate"]
+    out: dict[str, Any] = {"would_register": bool(g["passed"]), "reasons": list(g["reasons"]),
+                           "pairs": {"mrr": g["pairs"]["mrr"], "mrr_shuffled": g["pairs"]["mrr_shuffled"],
+                                     "recall@10_in_gallery": g["pairs"]["fit"]["recall@10"],
+                                     "gallery_size": g["pairs"]["fit"]["gallery_size"]}}
+    lab = g.get("labels")
+    if lab and "old_old" in lab:
+        m = lab["metric"]
+        day1, oo = lab["new_old"], lab["old_old"]
+        full = lab.get("raw_new_new", lab["new_new"])
+        out["labels"] = {
+            "metric": m, "old_old": oo[m], "day_one_new_old": day1[m], "after_backfill_new_new": full[m],
+            "day_one_gain": round(day1[m] - oo[m], 6), "backfill_benefit": round(full[m] - day1[m], 6),
+            "mAP": {"old_old": oo["mAP"], "day_one_new_old": day1["mAP"], "after_backfill_new_new": full["mAP"]},
+            "interval_new_old_minus_old_old": lab.get("interval")}
+    return out
+
+
+def _register(index: Any, name: str, parent: Any, fit: dict[str, Any], report: dict[str, Any],
+              cfg: TrainConfig) -> Any:
+    """Register the fitted version with its report and config (the last step of :func:`upgrade`)."""
+    config_d = _clean({**cfg.to_dict(), "fit_info": fit.get("info", {}), "trainer": "compatindex.trainer.upgrade",
+                       "resolved": report.get("resolved", {})})
+    return index.register_version(name, parent.name, fit["dim"], extension=fit["extension"], head=fit["head"],
+                                  raw_dim=fit["raw_dim"], report=report, config=config_d)
+
+
 def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: str = "auto",
             parent: str | None = None, name: str | None = None, extra_dims: int | None = None,
-            use_labels: bool = True, force: bool = False, strict: bool = False,
+            use_labels: bool = True, force: bool = False, strict: bool = True, dry_run: bool = False,
             config: TrainConfig | None = None, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     """Learn the next compatible version against the stored gallery and register it if it passes.
 
@@ -202,33 +379,37 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
     new_raw_vectors:
         ``(n, d_h)`` raw outputs of the new encoder for stored items ``ids``.
     ids:
-        ``n`` external ids of items that hold a vector of ``parent``.
+        ``n`` external ids, each holding a vector of the parent version.
     method:
-        ``auto`` (default: isometric, procrustes and oca, best on held-out pairs), ``isometric``,
-        ``procrustes``, ``oca``, ``affine`` or ``mlp``. With ``config`` given, the default
-        ``"auto"`` keeps ``config.method``.
+        ``auto`` (default) or one of ``isometric``, ``procrustes``, ``oca``, ``affine``, ``mlp``.
     parent:
         Version to stay compatible with (default: the latest).
     name:
-        Name of the new version (default: ``v{N+1}``).
+        Name of the new version (default ``v{N+1}``).
     extra_dims:
-        Budget of dims added to the parent's (default ``max(8, d_parent // 8)``).
+        Budget of dims above the parent's (default ``max(8, d_parent // 8)``).
     use_labels:
         Use the labels stored with gallery items (prototypes, label gate).
     force:
-        Register even when the gate refuses.
+        Register even when the gate refuses (a warning says so; the report says ``forced``).
     strict:
-        Raise :class:`~compatindex.errors.IncompatibleVersionError` when the gate refuses
-        (instead of returning ``(None, report)``).
+        When the gate refuses: raise :class:`~compatindex.errors.IncompatibleVersionError`
+        (default), or with ``strict=False`` warn and return ``(None, report)``.
+    dry_run:
+        Fit and gate, register nothing: returns ``(None, report)`` with
+        ``report["dry_run"]`` holding the expected day-one new/old against old/old and the
+        backfill benefit, on the gate split. A refusal is reported there, not raised.
     config, overrides:
         A :class:`TrainConfig`, and/or field overrides (``steps=...``, ``seed=...``).
 
     Returns
     -------
     (version, report):
-        The registered :class:`compatindex.Version` (None when refused), and the report
-        (candidates, gate, data), also stored with the version.
+        The registered :class:`compatindex.Version` (None when refused or on a dry run), and
+        the report (candidates, gate, data), also stored with the version.
     """
+    import warnings
+
     base = config or TrainConfig()
     if config is None or method != "auto":  # an explicit method wins over the config's
         overrides["method"] = method
@@ -236,33 +417,40 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
         overrides["extra_dims"] = extra_dims
     cfg = replace(base, **overrides)
     parent_v = index.version(parent) if parent is not None else index.latest
-    taken = {v.name for v in index.versions()}
     if name is None:
-        k = len(taken) + 1
-        while f"v{k}" in taken:
-            k += 1
-        name = f"v{k}"
-    elif name in taken:  # fail before training, not after
+        name = _next_name(index)
+    elif name in {v.name for v in index.versions()}:  # fail before training, not after
         raise VersionExistsError(f"`name` {name!r} is already a version of this index",
                                  hint="pick another --name / name=")
-    data = load_pairs(index, new_raw_vectors, ids, parent=parent_v.name, use_labels=use_labels, seed=cfg.seed)
+    data = load_pairs(index, new_raw_vectors, ids, parent=parent_v.name, use_labels=use_labels, seed=cfg.seed,
+                      explicit_parent=parent is not None)
     t0 = time.perf_counter()
-    fit, report = fit_upgrade(data, d_parent=parent_v.dim, config=cfg)
+    fit, report = fit_upgrade(data, d_parent=parent_v.dim, config=cfg, name=name, parent=parent_v.name)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report["parent"] = parent_v.name
     report["name"] = name
     passed = bool(report["gate"]["passed"])
+    if dry_run:
+        report["registered"] = False
+        report["dry_run"] = _dry_run_summary(report)
+        return None, report
     report["forced"] = bool(force and not passed)
     if not passed and not force:
         report["registered"] = False
+        msg = (f"version {name!r} (parent {parent_v.name!r}) failed the compatibility gate and was not "
+               "registered: " + "; ".join(report["gate"]["reasons"]))
         if strict:
             raise IncompatibleVersionError(
-                f"version {name!r} failed the compatibility gate: " + "; ".join(report["gate"]["reasons"]),
-                hint="check the pairs, or pass force=True / --force to register it anyway")
+                msg, hint="check the pairs, run with dry_run=True / --dry-run to see the figures, or pass "
+                          "force=True / --force to register it anyway")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return None, report
+    if report["forced"]:
+        warnings.warn(f"version {name!r} failed the compatibility gate and is registered anyway (force=True): "
+                      + "; ".join(report["gate"]["reasons"]), RuntimeWarning, stacklevel=2)
     assert fit is not None
     report["registered"] = True
-    config_d = _clean({**cfg.to_dict(), "fit_info": fit.get("info", {}), "trainer": "compatindex.trainer.upgrade"})
-    v = index.register_version(name, parent_v.name, fit["dim"], extension=fit["extension"], head=fit["head"],
-                               raw_dim=fit["raw_dim"], report=report, config=config_d)
+    cfg_resolved = replace(cfg, **{k: v for k, v in report.get("resolved", {}).items() if v is not None})
+    v = _register(index, name, parent_v, fit, report, cfg_resolved)
+    # issue 11 (serving): a `fit_serving(index, v, data, report)` step goes here, after registration.
     return v, report

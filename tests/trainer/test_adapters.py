@@ -87,3 +87,51 @@ def test_sum_head_kind():
     with pytest.raises(ValueError):
         validate_head({"kind": "sum", "branches": [{"kind": "linear", "W": np.eye(3)},
                                                    {"kind": "linear", "W": np.ones((2, 3))}]})
+
+
+def _val_split(synth):
+    H = unit(synth.H)
+    y = synth.y.astype(np.int64)
+    data = pairs_from_arrays(synth.H, synth.G, y)
+    tr, va = slice(0, 1100), slice(1100, None)
+    return H, y, data, tr, va
+
+
+def test_head_falls_back_to_its_closed_form_start_when_training_only_hurts(synth):
+    """An absurd learning rate wrecks the head; keep-best on the selection split returns the start."""
+    H, y, data, tr, va = _val_split(synth)
+    Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
+    cfg = TrainConfig(steps=40, lr=5.0, eval_every=10, quiet=True, max_seconds=None)
+    model, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, labels=y[tr],
+                           prototypes=data.prototypes, init=Q0[:, : H.shape[1]],
+                           val=(H[va], synth.G[va], y[va]))
+    assert hist["best_step"] == 0 and hist["val_best"] == hist["val_start"]
+    np.testing.assert_allclose(embed_numpy(model, H[va]), H[va] @ Q0[:, : H.shape[1]].T, atol=1e-5)
+
+
+def test_head_keeps_its_best_state_and_never_ends_below_the_start(synth):
+    H, y, data, tr, va = _val_split(synth)
+    Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
+    cfg = TrainConfig(steps=60, eval_every=10, quiet=True, max_seconds=None)
+    model, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, labels=y[tr],
+                           prototypes=data.prototypes, init=Q0[:, : H.shape[1]],
+                           val=(H[va], synth.G[va], y[va]))
+    assert tuple(hist["val_best"]) >= tuple(hist["val_start"])
+    assert hist["steps_run"] == 60 and not hist["stopped_early"]
+
+
+def test_head_has_no_orthogonal_layer_in_front_of_its_classifier():
+    """An orthogonal layer followed by an unconstrained Linear constrains nothing."""
+    model = HeadModel("isometry", 8, 10, n_classes=3)
+    assert not any(isinstance(m, OrthogonalLayer) for m in model.modules())
+    logits, z = model(torch.randn(4, 8))
+    assert logits.shape == (4, 3) and z.shape == (4, 10)
+
+
+def test_head_training_stops_at_its_time_budget(synth):
+    H, y, data, tr, va = _val_split(synth)
+    Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
+    cfg = TrainConfig(steps=1_000_000, quiet=True, max_seconds=1.0)
+    _, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, init=Q0[:, : H.shape[1]],
+                       val=(H[va], synth.G[va], None))
+    assert hist["stopped_early"] and hist["steps_run"] < 1_000_000

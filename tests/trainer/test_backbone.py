@@ -91,7 +91,7 @@ def test_oca_needs_prototypes(digits):
 
 
 def test_oca_on_digits_is_compatible_and_keeps_new_quality(digits):
-    """methods.md §11 P2: old model on classes 0-4, new on all 10 (OCA vs independent)."""
+    """OCA's class-incremental protocol on digits: old model on classes 0-4, new on all 10."""
     X, y, tr, te = digits
     old_tr = tr[y[tr] < 5]
     kw = {"epochs": 30, "device": "cpu", "quiet": True}

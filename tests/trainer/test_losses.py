@@ -1,4 +1,4 @@
-"""Loss modules against plain-loop references written from methods.md §1.2 / §3."""
+"""Loss modules against plain-loop references of the OCA and BCT losses (docs/trainer.md, "Methods")."""
 
 from __future__ import annotations
 
@@ -100,3 +100,15 @@ def test_losses_backpropagate(batch):
     loss.backward()
     assert h.grad is not None and torch.isfinite(h.grad).all() and h.grad[:, :4].abs().sum() > 0
     assert np.allclose(h.grad[:, 4:].numpy(), 0.0)  # prototype terms see only the prefix
+
+
+def test_prototype_ce_temperature_divides_the_logits():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    P = torch.randn(3, 4, dtype=torch.float64)
+    h = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    got = PrototypeCE(P, label_smoothing=0.0, temperature=0.1).double()(h, y)
+    want = F.cross_entropy(F.normalize(h, dim=1) @ P.T / 0.1, y)
+    assert float(got) == pytest.approx(float(want), rel=1e-12)

@@ -67,11 +67,13 @@ def test_gate_refuses_shuffled_ids_and_registers_nothing(data):
     with compatindex.open(":memory:") as ix:
         ids = _fill(ix, data, labels=False)
         perm = np.random.default_rng(0).permutation(1000)
-        v, rep = upgrade(ix, data.H[:1000][perm], ids[:1000], method="isometric")
+        with pytest.raises(IncompatibleVersionError, match="'v2'.*gate"):  # strict by default
+            upgrade(ix, data.H[:1000][perm], ids[:1000], method="isometric")
+        with pytest.warns(RuntimeWarning, match="version 'v2'.*not registered"):
+            v, rep = upgrade(ix, data.H[:1000][perm], ids[:1000], method="isometric", strict=False)
         assert v is None and not rep["registered"] and [x.name for x in ix.versions()] == ["v1"]
-        with pytest.raises(IncompatibleVersionError, match="gate"):
-            upgrade(ix, data.H[:1000][perm], ids[:1000], method="isometric", strict=True)
-        v, rep = upgrade(ix, data.H[:1000][perm], ids[:1000], method="isometric", force=True)
+        with pytest.warns(RuntimeWarning, match="registered anyway"):
+            v, rep = upgrade(ix, data.H[:1000][perm], ids[:1000], method="isometric", force=True)
         assert v is not None and rep["forced"] and v.report["forced"]
 
 
@@ -119,9 +121,90 @@ def test_cli_upgrade_then_search_raw(tmp_path, data):
     assert r.exit_code == 1
     assert "refused" in r.stdout and "shuffled" in r.stdout
     err = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error: ")
+    assert len(err) == 1 and err[0].startswith("error: ") and "'v3'" in err[0]
     with compatindex.open(path, readonly=True) as ix:
         assert [v.name for v in ix.versions()] == ["v1", "v2"]
     r = runner.invoke(app, ["upgrade", str(path), str(tmp_path / "new.npy"), "--ids", str(tmp_path / "ids.txt"),
                             "--method", "bogus"])
     assert r.exit_code == 2
+
+
+def test_planted_isometric_upgrade_under_ip_is_exact():
+    """Under ``ip`` the norms are part of the score: the raw new vectors are not normalized, so an
+    exactly isometric new model (a rotation of the old one) gives new/new equal to the raw new
+    model's after a full backfill, and new->old top-10 equal to old->old's."""
+    from trainer_testkit import random_orthogonal
+
+    rng = np.random.default_rng(7)
+    n, d = 1500, 24
+    G = (rng.normal(size=(n, d)) * rng.uniform(0.3, 3.0, size=(n, 1))).astype(np.float32)
+    R = random_orthogonal(d, rng)
+    H = (G @ R).astype(np.float32)  # h = R^T g: an isometry that keeps every norm
+    qo = (rng.normal(size=(200, d)) * rng.uniform(0.3, 3.0, size=(200, 1))).astype(np.float32)
+    qn = (qo @ R).astype(np.float32)
+    ids = list(range(n))
+    with compatindex.open(":memory:") as ix:
+        ix.create_version("v1", dim=d, metric="ip")
+        ix.add(ids, G)
+        v, rep = upgrade(ix, H[:800], ids[:800], name="v2")
+        assert rep["resolved"]["normalize_input"] is False and rep["data"]["metric"] == "ip"
+        old = ix.search(qo, k=10, version="v1")
+        new_old = ix.search(qn, k=10, version="v2", raw=True, score="pad")  # ip across versions
+        overlap = np.mean([len(set(old.ids[i]) & set(new_old.ids[i])) / 10 for i in range(len(qo))])
+        assert overlap >= 0.99, overlap
+        ix.backfill(ids, H, version="v2", raw=True)
+        new_new = ix.search(qn, k=10, version="v2", raw=True, score="pad")
+        brute = np.argsort(-(qn.astype(np.float64) @ H.T.astype(np.float64)), axis=1)[:, :10]
+        exact = np.mean([set(new_new.ids[i]) == set(brute[i].tolist()) for i in range(len(qn))])
+        assert exact == 1.0, exact
+
+
+def test_junk_pairs_are_refused_before_any_torch_training(data):
+    import time
+
+    with compatindex.open(":memory:") as ix:
+        ids = _fill(ix, data, labels=False)
+        junk = np.random.default_rng(3).normal(size=(1000, 24)).astype(np.float32)
+        t = time.perf_counter()
+        with pytest.warns(RuntimeWarning, match="version 'v7'"):
+            v, rep = upgrade(ix, junk, ids[:1000], name="v7", strict=False, steps=100_000, max_seconds=None)
+        assert time.perf_counter() - t < 30  # 100k oca steps would take far longer
+        assert v is None and rep["skipped"] == ["oca"] and not rep["closed_form_gate"]["passed"]
+        assert [c["method"] for c in rep["candidates"]] == ["isometric", "procrustes"]
+        assert all("'v7'" in r for r in rep["gate"]["reasons"])
+
+
+def test_dry_run_reports_day_one_and_backfill_and_registers_nothing(data):
+    with compatindex.open(":memory:") as ix:
+        ids = _fill(ix, data)
+        v, rep = upgrade(ix, data.H[:1000], ids[:1000], method="isometric", dry_run=True)
+        assert v is None and [x.name for x in ix.versions()] == ["v1"]
+        dry = rep["dry_run"]
+        lab = dry["labels"]
+        assert dry["would_register"] and lab["day_one_new_old"] > lab["old_old"]
+        assert lab["backfill_benefit"] == pytest.approx(lab["after_backfill_new_new"] - lab["day_one_new_old"], abs=1e-6)
+
+
+def test_second_upgrade_on_unbackfilled_items_says_to_pass_parent(data):
+    with compatindex.open(":memory:") as ix:
+        ids = _fill(ix, data)
+        ix.register_version("v2", parent="v1", dim=16)  # holds no vectors yet
+        with pytest.raises(InvalidInputError, match="hold no vector of version 'v2'") as e:
+            upgrade(ix, data.H[:200], ids[:200])
+        assert "--parent" in str(e.value) and "backfill" in str(e.value)
+
+
+def test_cli_dry_run_registers_nothing(tmp_path, data):
+    from compatindex_cli.main import app
+
+    path = tmp_path / "ix"
+    with compatindex.open(path) as ix:
+        ids = _fill(ix, data)
+    np.save(tmp_path / "new.npy", data.H[:1000])
+    (tmp_path / "ids.txt").write_text("\n".join(ids[:1000]) + "\n")
+    r = CliRunner().invoke(app, ["upgrade", str(path), str(tmp_path / "new.npy"), "--ids", str(tmp_path / "ids.txt"),
+                                 "--method", "isometric", "--dry-run"])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert "dry run" in r.stdout and "expected day one" in r.stdout and "backfill benefit" in r.stdout
+    with compatindex.open(path, readonly=True) as ix:
+        assert [v.name for v in ix.versions()] == ["v1"]
