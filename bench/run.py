@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.run fmnist chain     # some scenarios
     .venv/bin/python bench/run.py --all            # same, as a script
 
-Scenarios: fmnist, chain, backfill, text, speed, serving. Each writes bench/results/<name>[-quick].json,
+Scenarios: fmnist, chain, backfill, text, highdim, speed, serving. Each writes bench/results/<name>[-quick].json,
 .md and .png; the suite then regenerates docs/benchmarks.md (``--no-docs`` to skip).
 """
 
@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"
 
-SCENARIOS = ("fmnist", "chain", "backfill", "text", "speed", "serving")
+SCENARIOS = ("fmnist", "chain", "backfill", "text", "highdim", "speed", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,9 @@ import typer
 
 from . import add as add_module
 from . import backfill as backfill_module
+from . import backup as backup_module
 from . import calibrate as calibrate_module
+from . import compact as compact_module
 from . import delete as delete_module
 from . import export as export_module
 from . import info as info_module
@@ -76,6 +78,8 @@ for _name, _module in (
     ("verify", verify_module),
     ("export", export_module),
     ("calibrate", calibrate_module),
+    ("compact", compact_module),
+    ("backup", backup_module),
 ):
     app.command(_name, epilog=_module.EXAMPLES)(getattr(_module, _name))
 

@@ -540,6 +540,37 @@ class Index:
         return {"calibration": fits, "fusion": fused}
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def _maintenance(self, name: str) -> Any:
+        fn = getattr(self.backend, name, None)
+        if fn is None:
+            raise CompatIndexError(f"index {self.path} is served by an engine without `{name}`",
+                                   hint=f"{name} is for index folders (the embedded backend)")
+        return fn
+
+    def compact(self) -> dict[str, Any]:
+        """Reclaim the space of replaced and deleted vectors (crash-safe: the old index or the new one).
+
+        Embedded backend only; see docs/reliability.md. Returns what was reclaimed.
+        """
+        self._writable()
+        out: dict[str, Any] = self._maintenance("compact")()
+        return out
+
+    def backup(self, dest: str | Path) -> dict[str, Any]:
+        """Write a consistent, compacted copy of the index to the new folder ``dest``, while it serves.
+
+        Embedded backend only. Returns what was copied.
+        """
+        self._check_open()
+        out: dict[str, Any] = self._maintenance("backup")(dest)
+        return out
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Save the shards that changed now (done in the background by op count and by time)."""
+        self._writable()
+        out: dict[str, Any] = self._maintenance("checkpoint")()
+        return out
+
     def flush(self) -> None:
         """Persist what the backend keeps in memory (derived shards; done on close too)."""
         self._writable()
