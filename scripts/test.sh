@@ -9,4 +9,4 @@ if ! .venv/bin/python -m mypy; then
   echo "FAILED: mypy found type errors (see above); fix them before the tests run" >&2
   exit 1
 fi
-.venv/bin/python -m pytest -q -p no:cacheprovider tests --doctest-modules compatindex "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider tests --doctest-modules compatindex bench/datasets.py "$@"
