@@ -80,6 +80,10 @@ def add(
     column: ColumnOpt = None,
     batch_size: BatchSize = DEFAULT_BATCH,
     lock_timeout: LockTimeout = 0.0,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Resume an interrupted or killed add: skip the items already "
+                           "stored with identical vectors; an id stored with a different vector is an error.")
+    ] = False,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -110,8 +114,11 @@ def add(
             if keys is None:
                 keys = np.arange(count, count + n, dtype=np.int64)
                 how = f"row numbers offset by the item count {count}, as no --ids was given"
+            skip = np.zeros(n, dtype=bool)
+            if skip_existing and count and n:
+                skip = existing_to_skip(ix, ver.name, keys, source, raw=raw, batch_size=batch_size)
             if count and n:
-                present = np.asarray(ix.has(keys), dtype=bool)
+                present = np.asarray(ix.has(keys), dtype=bool) & ~skip
                 if present.any():
                     taken = [keys[i] for i in np.flatnonzero(present)[:6]]
                     raise CliError(
@@ -121,38 +128,50 @@ def add(
                         "to give existing items a vector of another version"
                         + ("" if ids is not None else ", or pass --ids"),
                     )
+            # the ids this run adds, in order: rollbacks and reports speak of these only (never of
+            # items that were stored before it and skipped)
+            keep = np.flatnonzero(~skip)
+            new_keys: Any = keys if not skip.any() else [keys[i] for i in keep.tolist()]
+            n_new = len(keep)
             done = 0
             inflight: tuple[int, int] | None = None
             try:
                 with progress(f"adding to {ver.name}", n, quiet=quiet) as advance:
                     for start, x in source.batches(batch_size):
                         stop = start + len(x)
-                        inflight = (start, stop)
-                        ix.add(
-                            keys[start:stop],
-                            x,
-                            version=ver.name,
-                            labels=None if label_vals is None else label_vals[start:stop],
-                            raw=raw,
-                        )
-                        done = stop
-                        inflight = None
+                        rows = np.flatnonzero(~skip[start:stop])
+                        if len(rows):
+                            inflight = (done, done + len(rows))
+                            sel = rows if len(rows) < len(x) else slice(None)
+                            ix.add(
+                                new_keys[done:done + len(rows)],
+                                x[sel],
+                                version=ver.name,
+                                labels=None if label_vals is None else [label_vals[start + i] for i in rows.tolist()],
+                                raw=raw,
+                            )
+                            done += len(rows)
+                            inflight = None
                         advance(len(x))
             except KeyboardInterrupt:
-                raise _interrupted(ix, keys, done, inflight, n, ver.name) from None
+                raise _interrupted(ix, new_keys, done, inflight, n_new, ver.name) from None
             except BaseException as exc:
                 if not done:
                     raise
-                note = _rollback(ix, keys[:done])
+                note = _rollback(ix, new_keys[:done])
                 if isinstance(exc, Exception):
                     raise CliError(f"{exc}; {note}") from None
                 raise
             total = int(ix.count)
         first = to_jsonable(keys[0]) if n else None
         last = to_jsonable(keys[n - 1]) if n else None
+        skipped = int(skip.sum())
         if json_out:
-            say(dumps({"added": n, "version": ver.name, "ids": how, "first_id": first, "last_id": last,
-                       "count": total}))
+            say(dumps({"added": n - skipped, "skipped": skipped, "version": ver.name, "ids": how, "first_id": first,
+                       "last_id": last, "count": total}))
+        elif skipped:
+            say(f"added {n - skipped} items to version '{ver.name}' and skipped {skipped} already stored with "
+                f"identical vectors (--skip-existing); the index holds {total} items")
         elif n == 0:
             say(f"VECTORS '{vectors}' holds no vectors; nothing added")
         else:
