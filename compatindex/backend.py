@@ -131,8 +131,12 @@ class Backend(Protocol):
         """The labels of known ``ids`` (None where an item has none)."""
         ...
 
-    def sample(self, version: Version, limit: int | None, rng: np.random.Generator) -> ItemBatch:
-        """Items holding a vector of ``version`` in insertion order, or ``limit`` of them drawn with ``rng``."""
+    def sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,
+               seeded: bool = True) -> ItemBatch:
+        """Items holding a vector of ``version`` in insertion order, or ``limit`` of them drawn with ``rng``.
+
+        ``seeded=False``: the caller gave no seed, so any uniform draw will do (a server may draw it).
+        """
         ...
 
     def count(self) -> int:

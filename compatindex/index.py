@@ -380,7 +380,7 @@ class Index:
             x = self.get_vectors(ids_l, version=v.name)
             return ItemBatch(list(ids_l), x, self.backend.labels(ids_l), v.name)
         limit, rng = as_sample(limit, seed)
-        return self.backend.sample(v, limit, rng)
+        return self.backend.sample(v, limit, rng, seeded=seed is not None)
 
     def has(self, ids: Any) -> np.ndarray:
         """``(n,)`` bool: which ids are in the index."""

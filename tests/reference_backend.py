@@ -120,7 +120,7 @@ class DictBackend:
     def labels(self, ids):
         return [self.items[i]["label"] for i in ids]
 
-    def sample(self, version, limit, rng) -> ItemBatch:
+    def sample(self, version, limit, rng, *, seeded=True) -> ItemBatch:
         ids = [i for i, it in self.items.items() if version.name in it["vecs"]]
         pick = sample_rows(len(ids), limit, rng)
         if pick is not None:

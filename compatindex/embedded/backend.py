@@ -609,7 +609,8 @@ class EmbeddedBackend:
         with self.store.read() as r:
             return r.labels(r.lookup(ids).tolist())
 
-    def sample(self, version: Version, limit: int | None, rng: np.random.Generator) -> ItemBatch:
+    def sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,
+               seeded: bool = True) -> ItemBatch:
         """Items holding ``version`` in insertion (internal id) order, or ``limit`` of them at the
         sorted positions :func:`~compatindex.core.validate.sample_rows` draws.
 

@@ -253,8 +253,12 @@ class QdrantBackend:
         found = self.points.retrieve([point_id(i) for i in ids], payload=["label"])
         return [(found[point_id(i)].payload or {}).get("label") if point_id(i) in found else None for i in ids]
 
-    def sample(self, version: Version, limit: int | None, rng: np.random.Generator) -> ItemBatch:
+    def sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,
+               seeded: bool = True) -> ItemBatch:
         """Items in insertion order, or ``limit`` of them drawn with ``rng``.
+
+        Without a seed (``seeded=False``) the server draws the sample: one ``query_points`` call with
+        Qdrant's random ``SampleQuery``, returning ``limit`` points with their vectors.
 
         Vectors are downloaded only for the items drawn: the draw itself scans point ids and
         insertion stamps (a few bytes per point), so sampling 100k items of a large collection
@@ -267,6 +271,15 @@ class QdrantBackend:
             rows.sort(key=lambda r: (r.payload or {}).get("t", 0))
             x = np.asarray([r.vector[version.name] for r in rows], dtype=np.float32).reshape(len(rows), version.dim)
             return ItemBatch([r.payload["ext"] for r in rows], x, [r.payload.get("label") for r in rows], version.name)
+        if not seeded:
+            from qdrant_client import models as m
+
+            res = self._call("query_points", functools.partial(
+                self._client.query_points, self.collection, query=m.SampleQuery(sample=m.Sample.RANDOM),
+                query_filter=flt, limit=limit, with_payload=["ext", "label", "t"], with_vectors=[version.name]))
+            recs = sorted(res.points, key=lambda r: (r.payload or {}).get("t", 0))  # insertion order, as documented
+            x = np.asarray([r.vector[version.name] for r in recs], dtype=np.float32).reshape(len(recs), version.dim)
+            return ItemBatch([r.payload["ext"] for r in recs], x, [r.payload.get("label") for r in recs], version.name)
         stamps = self.points.scan(flt=flt, payload=["t"], vectors=False)
         stamps.sort(key=lambda r: (r.payload or {}).get("t", 0))
         pick = sample_rows(len(stamps), limit, rng)

@@ -102,3 +102,19 @@ def test_sample_downloads_only_the_vectors_it_returns(pair):
     ref = emb.fetch("v1", limit=7, seed=5)  # the same draw as the embedded index
     assert got.ids == ref.ids and got.labels == ref.labels
     np.testing.assert_allclose(got.vectors, ref.vectors, atol=1e-6)
+
+
+def test_an_unseeded_sample_is_drawn_by_the_server(pair):
+    _, qd, _ = pair
+    client = qd.backend.client
+    calls: list[str] = []
+    real_scroll, real_query = client.scroll, client.query_points
+    client.scroll = lambda *a, **kw: (calls.append("scroll"), real_scroll(*a, **kw))[1]
+    client.query_points = lambda *a, **kw: (calls.append("query_points"), real_query(*a, **kw))[1]
+    try:
+        got = qd.fetch("v1", limit=9)
+    finally:
+        client.scroll, client.query_points = real_scroll, real_query
+    assert calls == ["query_points"] and len(got) == 9 and len(set(got.ids)) == 9
+    assert qd.has(got.ids).all() and got.vectors.shape == (9, DIMS["v1"])
+    np.testing.assert_allclose(got.vectors, qd.get_vectors(got.ids, version="v1"), atol=1e-6)
