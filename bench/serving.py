@@ -84,6 +84,7 @@ def _day_one(index: Any, version: str, new: dict[str, np.ndarray], old: dict[str
     out: dict[str, Any] = {}
     fit = index.fit_serving(version, new["query"][fit_q], old_vectors=old["query"][fit_q], raw=raw)
     out["serving_fit"] = _fit_summary(fit)
+    served = index.version(version).serving
     for score in ("renorm", "calibrated"):
         ids, _ = _hits(index, q_new, 5, version=version, score=score, raw=raw)
         c = cmc_from_hits(yg[ids], ye)
@@ -97,7 +98,7 @@ def _day_one(index: Any, version: str, new: dict[str, np.ndarray], old: dict[str
     out["fused_gallery_fit"] = {**_fused(index, version, q_new, q_old, G_old, ye, yg, n_map, raw=raw, oo=oo),
                                 "serving_fit": _fit_summary(fit_g)}
     # leave the query-pair parameters stored
-    index.fit_serving(version, new["query"][fit_q], old_vectors=old["query"][fit_q], raw=raw)
+    index.set_serving(version, fusion=served["fusion"], calibration=[tuple(r) for r in served["calibration"]])
     return out
 
 

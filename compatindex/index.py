@@ -298,8 +298,12 @@ class Index:
         self.backend.refresh()
         parts = self._query_parts(queries, version, raw)
         weights = self._weights(parts, fusion)
-        return {name: (q, off) for name, q, _, off in
-                compose(self._versions, parts, weights, sc, calibration_table(self._versions))}
+        return {name: (q, off) for name, q, _, off in self._compose(parts, weights, sc)}
+
+    def _compose(self, parts: list[tuple[Version, np.ndarray]], weights: list[float],
+                 sc: Score) -> list[tuple[str, np.ndarray, tuple[str, ...], float]]:
+        """The per-version searches of a query (``core.fusion.compose`` with the stored calibration)."""
+        return compose(self._versions, parts, weights, sc, calibration_table(self._versions))
 
     def _query_parts(self, queries: Any, version: str | None, raw: bool) -> list[tuple[Version, np.ndarray]]:
         if not isinstance(queries, Mapping):
@@ -333,7 +337,7 @@ class Index:
 
     def _search_once(self, parts: list[tuple[Version, np.ndarray]], weights: list[float], k: int,
                      sc: Score) -> SearchResult | None:
-        composed = compose(self._versions, parts, weights, sc, calibration_table(self._versions))
+        composed = self._compose(parts, weights, sc)
         steps = [ShardQuery(name, q, shadow) for name, q, shadow, _ in composed]
         hits = self.backend.search(steps, k)
         shard_scores = [D if off == 0.0 else D + np.float32(off) for D, (_, _, _, off) in zip(hits.scores, composed)]

@@ -60,14 +60,14 @@ def relevance(G_old: np.ndarray, Z_new: np.ndarray, labels: Sequence[Any] | None
         rel = lab[:, None] == lab[None, :]
     else:
         m = max(1, min(neighbours, n - 1))
-        rel = np.zeros((n, n), dtype=bool)
+        masks = []
         for S in (G_old @ G_old.T, Z_new @ Z_new.T):
-            S = S.copy()
             np.fill_diagonal(S, -np.inf)
             top = np.argpartition(-S, m - 1, axis=1)[:, :m]
             mask = np.zeros((n, n), dtype=bool)
             mask[np.repeat(np.arange(n), m), top.ravel()] = True
-            rel = mask if not rel.any() else rel & mask
+            masks.append(mask)
+        rel = masks[0] & masks[1]
     np.fill_diagonal(rel, False)
     return rel
 
@@ -187,9 +187,7 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     # old query alone already holds the agreed neighbours in its top-m, and what fusion can add is
     # ranking them first.
     rel = relevance(G_old, Z_new, labels, neighbours=m)
-    target_sets = [[np.flatnonzero(rel[x]) for x in range(n)]]
-    targets = target_sets[0]
-    useful = np.array([all(len(ts[x]) > 0 for ts in target_sets) for x in range(n)])
+    useful = rel.any(axis=1)  # items with at least one target
     if not useful.any():
         raise InvalidInputError("no held-out item has a neighbour both models agree on; "
                                 "fusion weights cannot be fit from this sample")
