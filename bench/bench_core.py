@@ -70,7 +70,7 @@ def build(path: Path, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]
             m = int(n * share)
             x = unit(rng.standard_normal((m, d)).astype(np.float32))
             for s in range(0, m, 100_000):
-                ix.add(np.arange(start + s, start + min(s + 100_000, m)), x[s : s + 100_000], version=name)
+                ix.add(np.arange(start + s, start + min(s + 100_000, m)), x[s : s + 100_000], version=name, raw=False)
             data[name] = x
             start += m
     return data
@@ -80,8 +80,8 @@ def bench_search(path: Path, data: dict[str, np.ndarray], nq: int, k: int, rng) 
     q = unit(rng.standard_normal((nq, DIMS[2])).astype(np.float32))
     out: dict[str, float] = {}
     with compatindex.open(path, readonly=True) as ix:
-        ix.search(q[:10], k=k, version="v3")  # warm caches
-        out["compatindex_s"] = timed(lambda: ix.search(q, k=k, version="v3", score="pad"))
+        ix.search(q[:10], k=k, version="v3", raw=False)  # warm caches
+        out["compatindex_s"] = timed(lambda: ix.search(q, k=k, version="v3", score="pad", raw=False))
         shards = [(ix.backend.shards.shards[ix.version(v).code].index, d) for v, d in zip(("v1", "v2", "v3"), DIMS)]
 
         def by_hand():
@@ -97,7 +97,7 @@ def bench_search(path: Path, data: dict[str, np.ndarray], nq: int, k: int, rng) 
             return np.take_along_axis(D, o, 1), np.take_along_axis(I, o, 1)
 
         out["faiss_by_hand_s"] = timed(by_hand)
-        res = ix.search(q, k=k, version="v3", score="pad")
+        res = ix.search(q, k=k, version="v3", score="pad", raw=False)
         D_hand, _ = by_hand()
         out["max_score_diff_vs_by_hand"] = float(np.abs(res.scores - D_hand).max())
     padded = faiss.IndexFlatIP(DIMS[2])
@@ -155,7 +155,7 @@ ix = compatindex.open(sys.argv[1], readonly=True)
 t_open = time.perf_counter() - t
 rebuilt = any("rebuilt" in e for e in ix.backend.shards.events)
 q = np.random.default_rng(0).standard_normal((100, 192)).astype(np.float32)
-ix.search(q, k=10, version="v3")
+ix.search(q, k=10, version="v3", raw=False)
 # VmHWM, not ru_maxrss: after fork+exec ru_maxrss keeps the parent's high-water mark on Linux.
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"reopen_s": t_open, "rebuilt": rebuilt, "peak_rss_bytes": hwm}))

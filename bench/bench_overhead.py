@@ -83,7 +83,7 @@ def facade_steps(ix, q: np.ndarray, k: int, qv: str):
 
     be.search = spy
     try:
-        ix.search(q, k=k, version=qv, score="pad")
+        ix.search(q, k=k, version=qv, score="pad", raw=False)
     finally:
         del be.search
     return seen[-1]
@@ -139,18 +139,18 @@ def bench_chain(work: Path, n: int, dim: int, nq: int, k: int, repeat: int, rng)
         for name in CHAIN[1:]:
             y = unit(rng.standard_normal((len(half), dim)))
             for s in range(0, len(half), 100_000):
-                ix.backfill(half[s : s + 100_000], y[s : s + 100_000], version=name)
+                ix.backfill(half[s : s + 100_000], y[s : s + 100_000], version=name, raw=False)
     build_s = time.perf_counter() - t
     q = unit(rng.standard_normal((nq, dim)))
     out = {"n": n, "dim": dim, "nq": nq, "k": k, "build_s": build_s}
     for mode in ("writer", "readonly"):
         with compatindex.open(path, device="cpu", readonly=mode == "readonly") as ix:
-            ix.search(q[:10], k=k, version="v6", score="pad")
+            ix.search(q[:10], k=k, version="v6", score="pad", raw=False)
             hand = hand_merge_fn(ix, q, k, "v6")
-            res = ix.search(q, k=k, version="v6", score="pad")
+            res = ix.search(q, k=k, version="v6", score="pad", raw=False)
             D_hand, I_hand = hand()
             same = bool(np.allclose(res.scores, D_hand, atol=1e-5))
-            t = interleaved({"compatindex": lambda: ix.search(q, k=k, version="v6", score="pad"),
+            t = interleaved({"compatindex": lambda: ix.search(q, k=k, version="v6", score="pad", raw=False),
                              "by_hand": hand}, repeat)
             out[mode] = {"compatindex_s": t["compatindex"], "by_hand_s": t["by_hand"],
                          "ratio": t["ratio"], "hand_merge_equals_index": same}

@@ -47,21 +47,21 @@ def build(ix, n: int, seed: int) -> float:
     ix.register_version("v2", "v1", 96, extension=orth(96, rng))
     ix.add(np.arange(n), rng.standard_normal((n, 64)).astype(np.float32), version="v1")
     nb = int(0.3 * n)
-    ix.backfill(np.arange(nb), rng.standard_normal((nb, 96)).astype(np.float32), version="v2")
+    ix.backfill(np.arange(nb), rng.standard_normal((nb, 96)).astype(np.float32), version="v2", raw=False)
     na = int(0.1 * n)
-    ix.add(np.arange(n, n + na), rng.standard_normal((na, 96)).astype(np.float32), version="v2")
+    ix.add(np.arange(n, n + na), rng.standard_normal((na, 96)).astype(np.float32), version="v2", raw=False)
     return time.perf_counter() - t
 
 
 def measure(ix, Q: np.ndarray, k: int) -> dict:
-    ix.search(Q[:2], k, version="v2")  # warm up
+    ix.search(Q[:2], k, version="v2", raw=False)  # warm up
     lat = []
     for q in Q:
         t = time.perf_counter()
-        ix.search(q[None, :], k, version="v2")
+        ix.search(q[None, :], k, version="v2", raw=False)
         lat.append((time.perf_counter() - t) * 1e3)
     t = time.perf_counter()
-    res = ix.search(Q, k, version="v2")
+    res = ix.search(Q, k, version="v2", raw=False)
     batch_s = time.perf_counter() - t
     return {"p50_ms": round(float(np.percentile(lat, 50)), 3), "p95_ms": round(float(np.percentile(lat, 95)), 3),
             "batch_qps": round(len(Q) / batch_s, 1), "_res": res}

@@ -5,8 +5,8 @@ The gallery: N vectors of v1 (dim 128); v2 (dim 160, orthogonal extension) regis
 the items backfilled (old vectors kept), so both shards are searched and v1's shard has shadowed
 items. 1,000 queries, k=10:
 
-- ``single``: ``Index.search(q2, version="v2")``;
-- ``fused``: ``Index.search({"v2": q2, "v1": q1})`` with equal weights;
+- ``single``: ``Index.search(q2, version="v2", raw=False)``;
+- ``fused``: ``Index.search({"v2": q2, "v1": q1}, raw=False)`` with equal weights;
 - ``fused_calibrated``: the same with ``score="calibrated"`` and a stored calibration.
 
 Goal (issue "Migration-time serving"): fused within 1.05x of single at 1M vectors. Every fused
@@ -61,15 +61,15 @@ def main() -> None:
             for lo in range(0, n, 200_000):
                 hi = min(n, lo + 200_000)
                 ix.add(np.arange(lo, hi), rng.standard_normal((hi - lo, 128)).astype(np.float32), version="v1")
-            ix.backfill(np.arange(nb), rng.standard_normal((nb, 160)).astype(np.float32), version="v2")
+            ix.backfill(np.arange(nb), rng.standard_normal((nb, 160)).astype(np.float32), version="v2", raw=False)
             ix.set_serving("v2", calibration=[("v2", "v1", 1.3, -0.05), ("v1", "v2", 1.1, 0.02)])
             build_s = time.perf_counter() - t0
             q2 = rng.standard_normal((args.nq, 160)).astype(np.float32)
             q1 = rng.standard_normal((args.nq, 128)).astype(np.float32)
             calls = {
-                "single": lambda: ix.search(q2, 10, version="v2"),
-                "fused": lambda: ix.search({"v2": q2, "v1": q1}, 10),
-                "fused_calibrated": lambda: ix.search({"v2": q2, "v1": q1}, 10, score="calibrated"),
+                "single": lambda: ix.search(q2, 10, version="v2", raw=False),
+                "fused": lambda: ix.search({"v2": q2, "v1": q1}, 10, raw=False),
+                "fused_calibrated": lambda: ix.search({"v2": q2, "v1": q1}, 10, score="calibrated", raw=False),
             }
             for fn in calls.values():  # warm-up: bitmaps, caches
                 fn()

@@ -189,8 +189,11 @@ def mixed_similarity(q: np.ndarray, gal_old: np.ndarray, gal_new: np.ndarray, ne
 
 
 def search_ids(index: Any, queries: np.ndarray, k: int, *, version: str, score: str = "renorm",
-               raw: bool = False, batch: int = 2048) -> tuple[np.ndarray, np.ndarray, float]:
-    """``Index.search`` in batches; returns ``(ids (nq,k) int64, versions (nq,k) object, seconds)``."""
+               raw: bool | None = None, batch: int = 2048) -> tuple[np.ndarray, np.ndarray, float]:
+    """``Index.search`` in batches; returns ``(ids (nq,k) int64, versions (nq,k) object, seconds)``.
+
+    ``raw`` goes to ``Index.search`` as given: a version with a head or a non-identity ``Q`` needs it said.
+    """
     ids, vers = [], []
     t = time.perf_counter()
     for s in range(0, len(queries), batch):

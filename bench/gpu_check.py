@@ -7,6 +7,9 @@ the CPU one (ids equal, scores within tolerance) and times them; then trains the
 for a fixed number of steps on the CPU and on CUDA. Prints one JSON object and writes it to
 ``--out``.
 
+Also: the mirrors after writes (deletes and a further backfill once they exist: they follow in
+place and must still equal the CPU), and IVF on the torch shard after deletes beside the CPU IVF.
+
 Run with: ``python bench/gpu_check.py --n 1000000 --out $OUT/gpu_check.json``
 """
 
@@ -63,15 +66,23 @@ def main() -> None:
             continue
         ix.create_version("v1", dim=128)
         ix.register_version("v2", "v1", 192, extension=orth(192, rng))
-        ix.add(np.arange(len(x1)), x1, version="v1")
-        ix.add(np.arange(len(x1), args.n), x2, version="v2")
-        ix.backfill(np.arange(0, len(x1), 4), rng.standard_normal((len(range(0, len(x1), 4)), 192)).astype(np.float32),
-                    version="v2")
-        ix.search(q[:10], k=10, version="v2")  # builds the GPU mirrors
+        ix.add(np.arange(len(x1)), x1, version="v1", raw=False)
+        ix.add(np.arange(len(x1), args.n), x2, version="v2", raw=False)
+        half = np.arange(0, len(x1), 2)  # half the old gallery backfilled: the normal state of a migration
+        ix.backfill(half, rng.standard_normal((len(half), 192)).astype(np.float32), version="v2", raw=False)
+        ix.search(q[:10], k=10, version="v2", raw=False)  # builds the GPU mirrors
         t = time.perf_counter()
-        res = ix.search(q, k=10, version="v2")
-        results[device] = {"backend": ix.backend.shards.device, "search_s": time.perf_counter() - t,
-                           "ids": res.ids, "scores": res.scores}
+        res = ix.search(q, k=10, version="v2", raw=False)
+        search_s = time.perf_counter() - t
+        mirrors = len(getattr(ix.backend.shards, "_mirrors", {}))
+        # writes after the mirrors exist: they must follow in place and stay equal to the CPU
+        ix.delete(np.arange(1, min(20_001, len(x1)), 2))
+        more = np.arange(max(20_001, len(x1) // 2) + 1, len(x1), 8)  # odd ids past the deletes: still v1-only
+        ix.backfill(more, rng.standard_normal((len(more), 192)).astype(np.float32), version="v2", raw=False)
+        res2 = ix.search(q, k=10, version="v2", raw=False)
+        results[device] = {"backend": ix.backend.shards.device, "search_s": search_s, "mirrors": mirrors,
+                           "mirrors_after_writes": len(getattr(ix.backend.shards, "_mirrors", {})),
+                           "ids": res.ids, "scores": res.scores, "ids2": res2.ids}
         ix.close()
         rng = np.random.default_rng(0)  # same data for every device
         x1 = rng.standard_normal((args.n // 2, 128)).astype(np.float32)
@@ -83,7 +94,31 @@ def main() -> None:
             r["ids_equal_cpu"] = float(np.mean(r["ids"] == base["ids"]))
             r["max_score_diff"] = float(np.abs(r["scores"] - base["scores"]).max())
             r["speedup_vs_cpu"] = base["search_s"] / r["search_s"]
-    out["search"] = {d: {k: v for k, v in r.items() if k not in ("ids", "scores")} for d, r in results.items()}
+            r["ids_equal_cpu_after_writes"] = float(np.mean(r["ids2"] == base["ids2"]))
+    out["search"] = {d: {k: v for k, v in r.items() if k not in ("ids", "scores", "ids2")} for d, r in results.items()}
+
+    # IVF on the torch mirror after deletes (once broke on make_direct_map), beside the CPU IVF
+    ivf = {}
+    xs = np.random.default_rng(1).standard_normal((200_000, 64)).astype(np.float32)
+    qs = np.random.default_rng(2).standard_normal((200, 64)).astype(np.float32)
+    for device in ("exact", "cpu", "torch"):
+        try:
+            spec = "flat" if device == "exact" else {"kind": "ivf", "nlist": 256, "nprobe": 16}
+            ix = compatindex.open(":memory:", device="cpu" if device == "exact" else device, shard=spec)
+            ix.create_version("v1", dim=64)
+            ix.add(np.arange(len(xs)), xs, version="v1", raw=False)
+            ix.delete(np.arange(0, 50_000, 3))
+            ix.add(np.arange(300_000, 300_100), xs[:100], version="v1", raw=False)
+            r = ix.search(qs, k=10, version="v1", raw=False)
+            ivf[device] = {"backend": ix.backend.shards.device, "ids": r.ids}
+            ix.close()
+        except Exception as exc:  # report, don't hide
+            ivf[device] = {"error": repr(exc)}
+    for device in ("cpu", "torch"):  # recall@10 against exact search of the same items
+        if "ids" in ivf.get("exact", {}) and "ids" in ivf.get(device, {}):
+            a, b = ivf["exact"]["ids"], ivf[device]["ids"]
+            ivf[device]["recall_vs_exact"] = float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)]))
+    out["ivf_after_deletes"] = {d: {k: v for k, v in r.items() if k != "ids"} for d, r in ivf.items()}
 
     try:
         import torch

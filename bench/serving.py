@@ -15,7 +15,9 @@ searched as ``{new: q_new, v1: q_old}``. This scenario measures, side by side in
   refit by ``Index.calibrate`` from the items backfilled so far), random and uncertainty orders,
   with their areas;
 - the old-client curve: v1 queries while the gallery is backfilled with ``drop_old`` (the
-  backfilled items keep only their new vector), under ``renorm`` and ``calibrated``.
+  backfilled items keep only their new vector), under ``renorm`` and ``calibrated``, served with
+  the query map v1 -> oca that ``fit_serving`` (query pairs) and ``calibrate`` (backfilled items)
+  fit, and beside it without a map (the algebra's projection, calibrated on its own scores).
 
 top-1/top-5 come from ``Index.search`` hits; mAP from a brute force of the same scores over the
 whole gallery (day one: the composed query of the v1 shard against every stored v1 vector).
@@ -38,7 +40,7 @@ SCORES = ("pad", "renorm", "calibrated")
 
 
 def _hits(index: Any, queries: Any, k: int, *, version: str | None = None, score: str = "renorm",
-          raw: bool = False, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+          raw: bool | None = None, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """``Index.search`` in batches (single- or multi-version queries); ``(ids (nq,k), versions (nq,k))``."""
     multi = isinstance(queries, dict)
     n = len(next(iter(queries.values()))) if multi else len(queries)
@@ -61,14 +63,14 @@ def _composed_v1(index: Any, parts: dict[str, np.ndarray], score: str) -> np.nda
     """The query the v1 shard is searched with (the fused day-one ranking, on an all-old gallery)."""
     queries: Any = parts if len(parts) > 1 else next(iter(parts.values()))
     version = None if len(parts) > 1 else next(iter(parts))
-    return index.composed_queries(queries, version=version, score=score)["v1"][0]
+    return index.composed_queries(queries, version=version, score=score, raw=False)["v1"][0]  # version space
 
 
 def _fused(index: Any, version: str, q_new: np.ndarray, q_old: np.ndarray, G_old: np.ndarray, yq, yg, n_map: int,
            *, raw: bool, oo: dict[str, float]) -> dict[str, Any]:
     """The fused day-one search with the serving parameters stored now."""
     parts = {version: index.to_version_space(q_new, version=version) if raw else q_new, "v1": q_old}
-    ids, _ = _hits(index, parts, 5, score="calibrated")
+    ids, _ = _hits(index, parts, 5, score="calibrated", raw=False)  # parts are in version space
     c = cmc_from_hits(yg[ids], yq)
     c["mAP"] = _map(_composed_v1(index, parts, "calibrated"), G_old, yq, yg, n_map)
     c["fusion"] = index.version(version).serving.get("fusion")
@@ -84,7 +86,7 @@ def _day_one(index: Any, version: str, new: dict[str, np.ndarray], old: dict[str
     out: dict[str, Any] = {}
     fit = index.fit_serving(version, new["query"][fit_q], old_vectors=old["query"][fit_q], raw=raw)
     out["serving_fit"] = _fit_summary(fit)
-    served = index.version(version).serving
+    served = _serving_state(index, version)
     for score in ("renorm", "calibrated"):
         ids, _ = _hits(index, q_new, 5, version=version, score=score, raw=raw)
         c = cmc_from_hits(yg[ids], ye)
@@ -98,7 +100,7 @@ def _day_one(index: Any, version: str, new: dict[str, np.ndarray], old: dict[str
     out["fused_gallery_fit"] = {**_fused(index, version, q_new, q_old, G_old, ye, yg, n_map, raw=raw, oo=oo),
                                 "serving_fit": _fit_summary(fit_g)}
     # leave the query-pair parameters stored
-    index.set_serving(version, fusion=served["fusion"], calibration=[tuple(r) for r in served["calibration"]])
+    _set_state(index, version, served)
     return out
 
 
@@ -181,15 +183,25 @@ def run(quick: bool = False) -> dict[str, Any]:
             log(f"backfill {oname} p={p:.2f}: " + ", ".join(f"{sc} {pts[sc][-1]['top1']:.3f}" for sc in SCORES))
         ix.close()
         curves[oname] = pts
-    # the old client: v1 queries while the gallery is backfilled with drop_old
+    # the old client: v1 queries while the gallery is backfilled with drop_old, served with the query
+    # map v1 -> oca that fit_serving / calibrate fit and stored, and beside it without one (the
+    # algebra's projection, calibrated on its own scores): the two serving states are swapped in
+    # on the same index at every p
     ix = fresh_index("serving-oldclient", s)
     ix.create_version("v1", dim=D_OLD)
     ix.add(ids, G_old, labels=yg)
     ix.register_version("oca", "v1", D_OLD + DELTA)
-    ix.fit_serving("oca", oca["query"][fit_q], old_vectors=old["query"][fit_q])
+    ix.fit_serving("oca", oca["query"][fit_q], old_vectors=old["query"][fit_q], query_map=False)
+    states = {"no_map": _serving_state(ix, "oca")}
+    map_fits: dict[str, Any] = {}
+    fit = ix.fit_serving("oca", oca["query"][fit_q], old_vectors=old["query"][fit_q])
+    map_fits["fit_serving (query pairs)"] = fit["query_map"]
+    states["map"] = _serving_state(ix, "oca")
     order = orders["random"]
     done = 0
-    old_client: dict[str, list[dict[str, float]]] = {"renorm": [], "calibrated": []}
+    labels_of = {"map": "", "no_map": " (no query map)"}
+    old_client: dict[str, list[dict[str, float]]] = {f"{sc}{labels_of[st]}": [] for st in states
+                                                     for sc in ("renorm", "calibrated")}
     for p in ps:
         upto = int(round(p * ng))
         if upto > done:
@@ -197,17 +209,25 @@ def run(quick: bool = False) -> dict[str, Any]:
             if done == 0 and upto < ng:
                 # keep the calibration pairs: calibrate from the items' vectors before they are dropped
                 ix.backfill(sel, oca["gallery"][sel], version="oca")
-                ix.calibrate("oca")
+                _set_state(ix, "oca", states["no_map"])
+                ix.calibrate("oca", query_map=False)
+                states["no_map"] = _serving_state(ix, "oca")
+                _set_state(ix, "oca", states["map"])
+                map_fits["calibrate (backfilled items)"] = ix.calibrate("oca")["query_map"]
+                states["map"] = _serving_state(ix, "oca")
                 ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
             else:
                 ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
             done = upto
-        for sc in old_client:
-            hits, _ = _hits(ix, old["query"][eval_q], 5, version="v1", score=sc)
-            c = cmc_from_hits(yg[hits], yq)
-            c["p"] = float(p)
-            old_client[sc].append(c)
-        log(f"old client p={p:.2f}: " + ", ".join(f"{sc} {old_client[sc][-1]['top1']:.3f}" for sc in old_client))
+        for st, state in states.items():
+            _set_state(ix, "oca", state)
+            for sc in ("renorm", "calibrated"):
+                hits, _ = _hits(ix, old["query"][eval_q], 5, version="v1", score=sc)
+                c = cmc_from_hits(yg[hits], yq)
+                c["p"] = float(p)
+                old_client[f"{sc}{labels_of[st]}"].append(c)
+        log(f"old client p={p:.2f}: " + ", ".join(f"{k} {v[-1]['top1']:.3f}" for k, v in old_client.items()))
+    _set_state(ix, "oca", states["map"])
     ix.close()
 
     auc = {f"{o}/{sc}": float(np.trapezoid([d["top1"] for d in lst], [d["p"] for d in lst]))
@@ -226,7 +246,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     res = {"scenario": "serving", "quick": quick, "command": command_line(), "machine": machine(),
            "setup": {"n_gallery": ng, "n_query": len(yq), "n_query_mAP": n_map, "pairs_fraction": 0.1,
                      "serving_fit_queries": int(n_fit), "eval_queries": int(len(eval_q)), "gallery_fit_fraction": 0.05, "p": ps, "orders": list(orders)},
-           "old_old": oo, "day_one": day_one, "curves": curves, "old_client": old_client, "auc_top1": auc,
+           "old_old": oo, "day_one": day_one, "curves": curves, "old_client": old_client,
+           "old_client_query_map": {k: _map_fit_summary(f) for k, f in map_fits.items()}, "auc_top1": auc,
            "goals": goals}
     res["seconds"] = T()
     res["plot"] = plot(res, quick)
@@ -234,11 +255,29 @@ def run(quick: bool = False) -> dict[str, Any]:
     return res
 
 
+def _serving_state(index: Any, version: str) -> dict[str, Any]:
+    """A copy of the serving parameters stored with ``version``."""
+    return dict(index.version(version).serving or {})
+
+
+def _set_state(index: Any, version: str, state: dict[str, Any]) -> None:
+    """Store a copy made by :func:`_serving_state` back (query maps included: none removes them)."""
+    index.set_serving(version, fusion=state.get("fusion"),
+                      calibration=[tuple(r) for r in state.get("calibration") or []],
+                      query_maps=state.get("query_maps") or {})
+
+
+def _map_fit_summary(fit: dict[str, Any] | None) -> dict[str, Any] | None:
+    if fit is None:
+        return None
+    return {k: fit.get(k) for k in ("stored", "reason", "pairs", "held_out", "ridge", "mapped", "projection", "stored_map")}
+
+
 def _fit_summary(fit: dict[str, Any]) -> dict[str, Any]:
     f = fit.get("fusion") or {}
     return {"calibration": {k: {"a": v["a"], "b": v["b"], "fallback": v["fallback"]} for k, v in fit["calibration"].items()},
             "fusion": f.get("fusion"), "proxy_score": f.get("score"), "proxy_old_only": f.get("old_only_score"),
-            "proxy_gain": f.get("gain")}
+            "proxy_gain": f.get("gain"), "query_map": _map_fit_summary(fit.get("query_map"))}
 
 
 def plot(r: dict[str, Any], quick: bool) -> str:
@@ -290,6 +329,22 @@ def markdown(r: dict[str, Any]) -> str:
            md_table(["setting", "fusion weights", "top-1", "mAP"], rows)]
     auc_rows = [[k, f"{v:.4f}"] for k, v in r["auc_top1"].items()]
     out += ["\nArea under the top-1 backfill curve:\n", md_table(["order / score", "AUC top-1"], auc_rows)]
+    oc = r["old_client"]
+    keys = list(oc)
+    oc_rows = [[f"{d['p']:g}", fmt(oo["top1"])] + [fmt(oc[k][j]["top1"]) for k in keys]
+               for j, d in enumerate(oc[keys[0]])]
+    out += ["\nOld client (v1 queries, gallery backfilled in random order with `drop_old`), top-1; "
+            "the query map v1 -> oca is the one `fit_serving`/`calibrate` stored:\n",
+            md_table(["p", "old/old"] + keys, oc_rows)]
+    map_rows = [[k, str(f.get("stored")), f"{(f.get('mapped') or {}).get('MRR', float('nan')):.4f}",
+                 f"{(f.get('projection') or {}).get('MRR', float('nan')):.4f}",
+                 f"{(f.get('mapped') or {}).get('R@1', float('nan')):.4f}",
+                 f"{(f.get('projection') or {}).get('R@1', float('nan')):.4f}", str(f.get("reason"))]
+                for k, f in (r.get("old_client_query_map") or {}).items() if f]
+    if map_rows:
+        out += ["\nQuery map fits (held-out pairs: each old vector must rank its own new vector first):\n",
+                md_table(["fit", "stored", "MRR mapped", "MRR projection", "R@1 mapped", "R@1 projection", "reason"],
+                         map_rows)]
     goal_rows = [[k, str(v)] for k, v in r["goals"].items()]
     out += ["\nGoals:\n", md_table(["goal", "result"], goal_rows), f"\n![serving]({r['plot']})\n"]
     return "".join(out)

@@ -9,6 +9,10 @@ lexicographer classes (for the ``oca`` head); no BBC text is used in training. E
 fitted with ``compatindex.trainer.fit_upgrade`` (20% of the pairs held out for its gate),
 registered as a version of the index and searched with raw e5 vectors through ``Index.search``.
 new/new: the gallery backfilled with e5 passage vectors of the leads through the same version.
+Then :mod:`bench.text_indomain`: the in-domain protocol (issue 12: 1-10% of the gallery's leads
+re-embedded as pairs, alone and added to WordNet) and day-one fused serving (issue 11); those parts
+do fit on BBC leads, never on the headlines they are evaluated with. Metrics: trec_eval through
+pytrec_eval, cross-checked against compatindex.evaluation.
 
 Run: ``.venv/bin/python -m bench.run text [--quick]``.
 """
@@ -20,19 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from compatindex import evaluation as ev
-
 from .common import RESULTS, Timer, command_line, fmt, log, machine, md_table, png_name, search_ids, work_dir, write_result
+from .text_indomain import hit_at as hit_at
+from .text_indomain import trec_metrics
 from .textdata import embed_cached, load_bbc, load_wordnet, relevant_sets
 
 
-def hit_at(ids: np.ndarray, rel: list[set[int]], k: int) -> float:
-    """Fraction of queries with a relevant item (any copy) in the top k."""
-    return float(np.mean([bool(rel[i].intersection(ids[i, :k].tolist())) for i in range(len(rel))]))
-
-
 def metrics(ids: np.ndarray, rel: list[set[int]]) -> dict[str, float]:
-    return {"recall@1": hit_at(ids, rel, 1), "recall@10": hit_at(ids, rel, 10), "mrr": ev.mrr(ids, rel)}
+    """R@1, R@10 (any copy in the top k) and MRR by trec_eval, cross-checked (:func:`trec_metrics`)."""
+    return trec_metrics(ids, rel)
 
 
 def register(index: Any, name: str, fit: dict[str, Any] | None, report: dict[str, Any]) -> None:
@@ -79,8 +79,8 @@ def run(quick: bool = False, n_pairs: int | None = None) -> dict[str, Any]:
         shutil.rmtree(folder)
     index = compatindex.open(folder)
     index.create_version("v1", dim=384)
-    index.add(ids, G_lead, labels=topics)
-    oo_ids, _, _ = search_ids(index, Q_old, 10, version="v1")
+    index.add(ids, G_lead, version="v1", labels=topics, raw=False)
+    oo_ids, _, _ = search_ids(index, Q_old, 10, version="v1", raw=False)
     res: dict[str, Any] = {"scenario": "text", "quick": quick, "command": command_line(), "machine": machine(),
                            "setup": {"n_articles": n_art, "n_pairs": n_pairs_max, "gallery": "BBC leads (MiniLM)",
                                      "queries": "BBC headlines (e5-small, query: prefix)",
@@ -90,8 +90,8 @@ def run(quick: bool = False, n_pairs: int | None = None) -> dict[str, Any]:
     # e5 on e5 (the full re-embed reference, outside the lineage)
     ix2 = compatindex.open(":memory:")
     ix2.create_version("e5", dim=384)
-    ix2.add(ids, P_new)
-    res["new_new_raw_e5"] = metrics(search_ids(ix2, Q_new, 10, version="e5")[0], rel)
+    ix2.add(ids, P_new, version="e5", raw=False)
+    res["new_new_raw_e5"] = metrics(search_ids(ix2, Q_new, 10, version="e5", raw=False)[0], rel)
     ix2.close()
     pairs = pairs_from_arrays(W_new, W_old, labels=wn_lex)
     steps = 50 if quick else 200
@@ -125,7 +125,7 @@ def run(quick: bool = False, n_pairs: int | None = None) -> dict[str, Any]:
     sweep: dict[str, dict[str, Any]] = {}
     six = compatindex.open(":memory:")
     six.create_version("v1", dim=384)
-    six.add(ids, G_lead)
+    six.add(ids, G_lead, version="v1", raw=False)
     for meth in ("procrustes", "isometric", "affine", "mlp", "oca"):
         sweep[meth] = {}
         for n in ns:
@@ -144,8 +144,16 @@ def run(quick: bool = False, n_pairs: int | None = None) -> dict[str, Any]:
         "gap_points": rows[best]["new_old"]["recall@10"] - res["old_old"]["recall@10"],
         "met": bool(rows[best]["new_old"]["recall@10"] >= res["old_old"]["recall@10"]),
         "share_of_e5_new_new": rows[best]["new_old"]["recall@10"] / res["new_new_raw_e5"]["recall@10"]}
+    # issues 12 and 11: in-domain pairs (part of the gallery re-embedded) and day-one fused serving
+    from . import text_indomain
+
+    ctx = {"G_lead": G_lead, "P_new": P_new, "Q_new": Q_new, "Q_old": Q_old, "W_new": W_new, "W_old": W_old,
+           "rel": rel, **text_indomain.setup_queries(n_art, rel)}
+    res["indomain"] = text_indomain.indomain(ctx, quick=quick)
+    res["serving"] = text_indomain.serving(ctx, quick=quick)
     res["seconds"] = T()
     res["plot"] = plot(res, quick)
+    res["plot_indomain"] = text_indomain.plot(res, quick)
     write_result("text", res, markdown(res), quick=quick)
     return res
 
@@ -208,4 +216,11 @@ def markdown(r: dict[str, Any]) -> str:
               f"{fmt(g['best_new_old_recall@10'])} vs {fmt(g['old_old_recall@10'])}, "
               f"{100 * g['gap_points']:+.1f} points).\n\nnew/old recall@10 (%) against the number of training pairs:\n\n"
             + md_table(["method"] + [str(n) for n in ns], srows)
-            + f"\n![text]({r['plot']})\n")
+            + f"\n![text]({r['plot']})\n"
+            + (_indomain_markdown(r) if "indomain" in r else ""))
+
+
+def _indomain_markdown(r: dict[str, Any]) -> str:
+    from .text_indomain import markdown as md
+
+    return md(r)

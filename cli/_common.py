@@ -3,8 +3,15 @@
 Errors: every :class:`compatindex.errors.CompatIndexError` and every bad input file
 (:class:`~compatindex_cli._io.InputFileError`) becomes one line ``error: ...`` on stderr and exit
 code 1, with no traceback. Usage errors (unknown option, missing argument, a value outside its
-range or choices) are Typer's and exit 2. Progress bars go to stderr so stdout stays
-machine-readable; ``--quiet`` turns them off.
+range or choices) are Typer's and exit 2; so are the ones the commands detect themselves
+(:class:`UsageError`: a ``--version`` left out on an index of several versions, a
+``--raw/--no-raw`` left out for a version whose raw transform is not the identity), said in one
+line ``error: ...``. Progress bars go to stderr so stdout stays machine-readable; ``--quiet``
+turns them off.
+
+Versions: a command that takes ``--version`` uses, when it is left out, the environment variable
+``COMPATINDEX_VERSION`` (:data:`VERSION_ENV`; a pin for old clients after an upgrade), else (for
+``add`` and ``search``) the only version of a one-version index.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ __all__ = [
     "Json",
     "BatchSize",
     "CliError",
+    "UsageError",
+    "VERSION_ENV",
+    "RawOpt",
+    "resolve_raw",
+    "require_version",
     "IndexArg",
     "cli_errors",
     "progress",
@@ -44,6 +56,9 @@ __all__ = [
 ]
 
 DEFAULT_BATCH = 65_536
+
+VERSION_ENV = "COMPATINDEX_VERSION"
+"""Environment variable that supplies the default ``--version`` of every command that takes one."""
 
 def at_least_one(value: int | None) -> int | None:
     """Option callback: a count that must be >= 1 (a usage error, exit 2, otherwise)."""
@@ -62,6 +77,13 @@ IndexArg = Annotated[
     str,
     typer.Argument(metavar="INDEX", help="Index folder, or a qdrant:// / qdrant+local:// URL.", show_default=False),
 ]
+RawOpt = Annotated[
+    bool | None,
+    typer.Option("--raw/--no-raw", show_default=False,
+                 help="--raw: the vectors are raw encoder outputs, mapped by the version's head and Q; --no-raw: "
+                      "they already are version-space vectors. Required when the version has a head or a "
+                      "non-identity Q."),
+]
 LockTimeout = Annotated[
     float,
     typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for another writer to close the index."),
@@ -70,6 +92,10 @@ LockTimeout = Annotated[
 
 class CliError(UserError):
     """A user error the CLI itself detects (not a file and not a library error)."""
+
+
+class UsageError(CliError):
+    """A usage error the CLI detects itself (an option the call needs was left out): exit 2."""
 
 
 def say(message: str) -> None:
@@ -94,7 +120,7 @@ def cli_errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except (CompatIndexError, UserError) as exc:
-        raise _fail(str(exc).replace("\n", " ")) from None
+        raise _fail(str(exc).replace("\n", " "), 2 if isinstance(exc, UsageError) else 1) from None
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None
     except MemoryError:
@@ -180,13 +206,68 @@ def open_index(
     return compatindex.open(str(path), **kwargs)
 
 
-def resolve_version(index: compatindex.Index, name: str | None) -> Any:
-    """The version called ``name`` (``UnknownVersionError`` if absent), or the newest one."""
+def pinned_version() -> str | None:
+    """The default ``--version`` set by ``COMPATINDEX_VERSION`` (None when unset or empty)."""
+    return os.environ.get(VERSION_ENV, "").strip() or None
+
+
+def resolve_version(index: compatindex.Index, name: str | None, *, option: str = "--version") -> Any:
+    """The version called ``name``; left out: ``COMPATINDEX_VERSION``, else the only version.
+
+    Raises ``UnknownVersionError`` for a name the index does not hold, :class:`UsageError`
+    (exit 2) when the index holds several versions and neither names one.
+    """
     if name is not None:
         return index.version(name)
-    if not index.versions():
+    pin = pinned_version()
+    vs = index.versions()
+    if pin is not None:
+        if pin not in {v.name for v in vs}:
+            known = ", ".join(repr(v.name) for v in vs) or "none"
+            raise CliError(f"{VERSION_ENV}={pin!r} is not a version of this index (versions: {known})",
+                           f"unset {VERSION_ENV} or set it to one of the versions; list them with "
+                           "`compatindex versions INDEX`")
+        return index.version(pin)
+    if not vs:
         raise CliError("the index has no version yet", "create one with `compatindex init`")
-    return index.latest
+    if len(vs) == 1:
+        return vs[0]
+    names = ", ".join(repr(v.name) for v in vs)
+    raise UsageError(
+        f"{option} is required: this index holds versions {names}; pass {option} {vs[-1].name} "
+        f"(the version your vectors belong to), or set {VERSION_ENV}=NAME to pin a default"
+    )
+
+
+def require_version(index: str | Path, name: str | None, *, what: str, option: str = "--version") -> None:
+    """For commands whose ``--version`` has no "only version" default (``backfill``, ``calibrate``):
+    a :class:`UsageError` (exit 2), before any file is read, when neither ``--version`` nor
+    ``COMPATINDEX_VERSION`` names one. The message lists the index's versions when it can read them."""
+    if name is not None or pinned_version() is not None:
+        return
+    listing = ""
+    with contextlib.suppress(Exception):
+        with open_index(index, readonly=True) as ix:
+            names = [v.name for v in ix.versions()]
+        if names:
+            listing = (f"; this index holds version{'s' if len(names) > 1 else ''} "
+                       + ", ".join(repr(n) for n in names) + f", e.g. {option} {names[-1]}")
+    raise UsageError(f"Missing option '{option}' ({what}){listing}; or set {VERSION_ENV}=NAME to pin a default")
+
+
+def resolve_raw(version: Any, raw: bool | None) -> bool:
+    """``--raw`` / ``--no-raw`` as given; left out: False for an identity version, else :class:`UsageError`."""
+    if raw is not None:
+        return bool(raw)
+    from compatindex.core.versions import raw_transform
+
+    what = raw_transform(version)
+    if not what:
+        return False
+    raise UsageError(
+        f"version '{version.name}' maps encoder outputs into its space with {' and '.join(what)}: "
+        "pass --raw (encoder outputs) or --no-raw (version-space vectors)"
+    )
 
 
 def metric_name(version: Any) -> str:
@@ -269,3 +350,71 @@ def out_console() -> Any:
     from rich.console import Console
 
     return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def index_id_kind(index: compatindex.Index) -> str | None:
+    """``"int"`` or ``"str"``: the kind of ids the index holds; None while it holds no item."""
+    if not int(index.count):
+        return None
+    page = index.list_items(offset=0, limit=1)
+    if not page.items:
+        return None
+    first = page.items[0].id
+    return "int" if isinstance(first, (int, np.integer)) and not isinstance(first, bool) else "str"
+
+
+def resolve_ids(keys: Any, index: compatindex.Index, *, int_ids: bool = False) -> Any:
+    """Ids read as text (``_io.read_ids``) typed for ``index``: ints under ``--int-ids`` or when the
+    index holds int ids, else text. ``--int-ids`` on an index of text ids is an error."""
+    from ._io import coerce_ids
+
+    kind = index_id_kind(index)
+    if int_ids and kind == "str":
+        raise CliError(f"--int-ids: INDEX '{index.path}' holds text ids", "leave out --int-ids")
+    return coerce_ids(keys, int_ids=int_ids, index_kind=kind)
+
+
+Where = Annotated[
+    str | None,
+    typer.Option("--where", metavar="JSON", show_default=False,
+                 help='Filter on metadata and labels, as JSON: \'{"lang": "en", "year": {"$gte": 2020}}\' '
+                      "(operators: docs/api.md, Filters)."),
+]
+WhereFile = Annotated[
+    Path | None,
+    typer.Option("--where-file", metavar="FILE", show_default=False, help="The --where filter read from a .json file."),
+]
+
+
+def parse_where(where: str | None, where_file: Path | None) -> Any:
+    """The filter of ``--where``/``--where-file`` as Python data, checked by the library's filter
+    parser before any index is opened (errors name the option and the filter path)."""
+    if where is not None and where_file is not None:
+        raise CliError("give the filter either as --where JSON or as --where-file FILE, not both")
+    if where is None and where_file is None:
+        return None
+    if where_file is not None:
+        param = f"--where-file '{where_file}'"
+        if not where_file.exists():
+            raise CliError(f"{param}: no such file")
+        if where_file.is_dir():
+            raise CliError(f"{param} is a folder, not a file")
+        try:
+            text = where_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{param} is not UTF-8 text: {exc.reason}") from None
+    else:
+        param, text = "--where", where or ""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{param} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})",
+                       'filters look like {"lang": "en", "year": {"$gte": 2020}}') from None
+    from compatindex.core.filters import parse_filter
+    from compatindex.errors import InvalidInputError
+
+    try:
+        parse_filter(obj)
+    except InvalidInputError as exc:
+        raise CliError(f"{param}: {exc.message}", exc.hint) from None
+    return obj

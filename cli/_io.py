@@ -24,6 +24,11 @@ __all__ = [
     "VectorSource",
     "open_vectors",
     "read_keys",
+    "read_ids",
+    "coerce_ids",
+    "read_metadata",
+    "metadata_from_columns",
+    "Ids",
     "check_unique",
     "VECTOR_SUFFIXES",
     "KEY_SUFFIXES",
@@ -118,6 +123,10 @@ class VectorSource:
 
     def column(self, name: str) -> list[Any] | np.ndarray:
         """The values of another column/field of the same file (ids or labels)."""
+        raise InputFileError(f"'{name}' is not a file, and {self.param} '{self.path}' has no columns")
+
+    def raw_values(self, name: str) -> list[Any]:
+        """The plain values of another column/field (metadata): any JSON-like value, None where missing."""
         raise InputFileError(f"'{name}' is not a file, and {self.param} '{self.path}' has no columns")
 
     # -- shared checks ---------------------------------------------------------------------
@@ -280,6 +289,17 @@ class _ParquetSource(VectorSource):
             raise InputFileError(f"column '{name}' of {self.param} '{self.path}' holds nulls")
         return _keys_from_values(col.to_pylist(), f"column '{name}' of {self.param} '{self.path}'")
 
+    def raw_values(self, name: str) -> list[Any]:
+        if name not in self.columns:
+            raise InputFileError(
+                f"--metadata-columns '{name}': {self.param} '{self.path}' has no such column"
+                f" (columns: {', '.join(self.columns) or 'none'})"
+            )
+        values: list[Any] = []
+        for rb in self._pf.iter_batches(batch_size=65_536, columns=[name]):
+            values.extend(rb.column(0).to_pylist())
+        return values
+
 
 def _is_list_type(pa: Any, t: Any) -> bool:
     return bool(pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
@@ -351,6 +371,14 @@ class _JsonlSource(VectorSource):
             values.append(r[name])
         return _keys_from_values(values, what)
 
+    def raw_values(self, name: str) -> list[Any]:
+        if name not in self.columns:
+            raise InputFileError(
+                f"--metadata-columns '{name}': {self.param} '{self.path}' has no such field"
+                f" (fields: {', '.join(self.columns) or 'none'})"
+            )
+        return [r.get(name) for r in self._records]
+
 
 def open_vectors(path: str | Path, *, param: str = "VECTORS", column: str | None = None) -> VectorSource:
     """Open a vector file by its extension and check its header/shape (not yet its values).
@@ -416,11 +444,12 @@ def read_keys(
     *,
     param: str,
     source: VectorSource | None = None,
+    text_ints: bool = True,
 ) -> np.ndarray | list[str]:
     """Read ids or labels: an ``.npy`` or ``.txt`` file, or a column of the vector input.
 
-    ``.txt`` holds one value per line; they are ints when every line parses as an int, else
-    strings. ``.npy`` holds an int or str array. When ``spec`` is not an existing file and the
+    ``.txt`` holds one value per line; with ``text_ints`` (labels) they are ints when every line
+    parses as an int, else strings; without it (ids, see :func:`read_ids`) they stay strings. ``.npy`` holds an int or str array. When ``spec`` is not an existing file and the
     vector input (``source``) is a parquet/jsonl file, ``spec`` names one of its columns.
 
     Returns an ``(n,)`` int64 array or a list of ``n`` str.
@@ -469,9 +498,143 @@ def read_keys(
     for i, line in enumerate(lines):
         if not line.strip():
             raise InputFileError(f"{what}: line {i + 1} is empty")
-    if lines and all(_INT_RE.match(s.strip()) for s in lines):
+    if text_ints and lines and all(_INT_RE.match(s.strip()) for s in lines):
         return _to_int64([int(s) for s in lines], what)
     return lines
+
+
+class Ids(list):
+    """Ids read as text (a ``.txt`` file, a comma list or a str column), with where they came from.
+
+    ``what`` names the source in messages (``--ids 'ids.txt'``) and ``unit`` how a position is
+    said (``line`` 3 of a file, ``value`` 3 of a comma list, ``row`` 3 of a column).
+    """
+
+    def __init__(self, values: list[str], *, what: str, unit: str, base: int = 1) -> None:
+        super().__init__(values)
+        self.what = what
+        self.unit = unit
+        self.base = base
+
+
+def read_ids(
+    spec: str,
+    *,
+    param: str = "--ids",
+    source: VectorSource | None = None,
+    comma_list: bool = False,
+) -> np.ndarray | Ids:
+    """Read ids without guessing their type: an int ``.npy`` array or an int column gives ints;
+    a ``.txt`` file, a str array/column (or, with ``comma_list``, ``a,b,c``) gives text.
+
+    Text ids keep their text (``000042`` and ``42`` are two ids); :func:`coerce_ids` turns them
+    into ints when the user asks (``--int-ids``) or the index already holds int ids.
+
+    Examples
+    --------
+    >>> read_ids("000042,42", comma_list=True)
+    ['000042', '42']
+    """
+    path = Path(spec)
+    looks_like_file = path.exists() or path.suffix.lower() in KEY_SUFFIXES
+    if comma_list and not looks_like_file and not (source is not None and spec in source.columns):
+        values = [v.strip() for v in spec.split(",")]
+        if spec.strip() == "" or any(v == "" for v in values):
+            raise InputFileError(f"{param} {spec!r}: an empty id in the comma list",
+                                 "give a .txt/.npy file or ids separated by commas, e.g. --ids a,b,c")
+        return Ids(values, what=f"{param} {spec!r}", unit="value")
+    keys = read_keys(spec, param=param, source=source, text_ints=False)
+    if isinstance(keys, np.ndarray):
+        return keys
+    if looks_like_file or source is None or source.kind not in ("parquet", "jsonl"):
+        return Ids(keys, what=f"{param} '{spec}'", unit="line")
+    return Ids(keys, what=f"column '{spec}' of {source.param} '{source.path}'", unit="row", base=0)
+
+
+def coerce_ids(keys: np.ndarray | list[str], *, int_ids: bool, index_kind: str | None) -> np.ndarray | list[str]:
+    """Decide the type of ids read as text, once the index's id kind is known.
+
+    Text ids become ints when ``int_ids`` (``--int-ids``) or when the index holds int ids
+    (``index_kind == "int"``); a text id that is not an integer is then an error naming the file
+    and the line. Otherwise they stay text. Int ids are returned as they are.
+    """
+    if isinstance(keys, np.ndarray) or not (int_ids or index_kind == "int"):
+        return keys
+    what = getattr(keys, "what", "--ids")
+    unit = getattr(keys, "unit", "value")
+    base = getattr(keys, "base", 1)
+    for i, s in enumerate(keys):
+        if not _INT_RE.match(str(s).strip()):
+            if int_ids:
+                raise InputFileError(f"{what}: {unit} {i + base} holds {s!r}, which is not an integer (--int-ids)",
+                                     "leave out --int-ids to keep text ids")
+            raise InputFileError(f"{what}: {unit} {i + base} holds the text id {s!r}, but INDEX holds integer ids",
+                                 "ids are all integers or all text in one index")
+    return _to_int64([int(str(s).strip()) for s in keys], what)
+
+
+def read_metadata(spec: str, *, param: str = "--metadata", source: VectorSource | None = None) -> list[Any]:
+    """Per-row metadata: a ``.jsonl`` file (one JSON object per line, ``{}`` or ``null`` for none),
+    or a column/field of the ``.parquet``/``.jsonl`` vector input holding JSON objects (or JSON
+    text, like the ``metadata`` column ``compatindex export --to FILE.parquet`` writes).
+
+    Returns a list of dicts (None where a row has none). Errors name the file and the line.
+    """
+    path = Path(spec)
+    looks_like_file = path.exists() or path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    if not looks_like_file and source is not None and source.kind in ("parquet", "jsonl"):
+        if spec not in source.columns:
+            raise InputFileError(f"{param} '{spec}' is neither a file nor a column of {source.param} '{source.path}'"
+                                 f" (columns: {', '.join(source.columns) or 'none'})")
+        what = f"column '{spec}' of {source.param} '{source.path}'"
+        out: list[Any] = []
+        for i, v in enumerate(source.raw_values(spec)):
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError as exc:
+                    raise InputFileError(f"{what}: row {i} is not valid JSON ({exc.msg})") from None
+            if v is not None and not isinstance(v, dict):
+                raise InputFileError(f"{what}: row {i} holds {type(v).__name__} {v!r}, not a JSON object")
+            out.append(v)
+        return out
+    _check_file(path, param, (".jsonl",))
+    what = f"{param} '{path}'"
+    rows: list[Any] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise InputFileError(f"{what} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{what} is not UTF-8 text: {exc.reason}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            raise InputFileError(f"{what}: line {lineno} is empty", "write {} for a row without metadata")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(f"{what}: line {lineno} is not valid JSON ({exc.msg})") from None
+        if obj is not None and not isinstance(obj, dict):
+            raise InputFileError(f"{what}: line {lineno} holds a JSON {type(obj).__name__}, not an object",
+                                 'each line is one object, e.g. {"lang": "en", "year": 2021}')
+        rows.append(obj)
+    return rows
+
+
+def metadata_from_columns(source: VectorSource, names: list[str]) -> list[Any]:
+    """Per-row metadata dicts built from columns/fields of the vector input (null values left out)."""
+    if source.kind not in ("parquet", "jsonl"):
+        raise InputFileError(f"--metadata-columns reads columns of a .parquet/.jsonl input; {source.param} is "
+                             f"'{source.path}'", "give the metadata as a .jsonl file with --metadata")
+    cols = {name: source.raw_values(name) for name in names}
+    out: list[Any] = []
+    for i in range(source.n):
+        row = {name: vals[i] for name, vals in cols.items() if vals[i] is not None}
+        out.append(row or None)
+    return out
 
 
 def check_unique(keys: np.ndarray | list[str], *, what: str) -> None:

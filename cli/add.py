@@ -1,4 +1,4 @@
-"""`compatindex add INDEX VECTORS [--ids IDS] [--version NAME] [--labels LABELS] [--raw]`: new items."""
+"""`compatindex add INDEX VECTORS [--ids IDS] [--version NAME] [--labels LABELS] [--metadata META] [--raw/--no-raw]`: new items."""
 
 from __future__ import annotations
 
@@ -15,31 +15,39 @@ from ._common import (
     Json,
     LockTimeout,
     Quiet,
+    RawOpt,
     check_vectors,
     cli_errors,
     dumps,
     fmt_ids,
     open_index,
     progress,
+    resolve_raw,
     resolve_version,
     say,
     to_jsonable,
     IndexArg,
+    resolve_ids,
 )
-from ._io import InputFileError, check_unique, open_vectors, read_keys
+from ._io import InputFileError, check_unique, metadata_from_columns, open_vectors, read_ids, read_keys, read_metadata
 
 EXAMPLES = """\b
 Examples:
   compatindex add my.index vectors.npy
-  compatindex add my.index vectors.npy --ids ids.txt --labels labels.npy --version v2
+  compatindex add my.index vectors.npy --ids ids.txt --labels labels.npy --version v2 --no-raw
+  COMPATINDEX_VERSION=v1 compatindex add my.index old_model_vectors.npy
   compatindex add my.index items.parquet --column embedding --ids doc_id --quiet
+  compatindex add my.index vectors.npy --ids skus.txt --metadata meta.jsonl
+  compatindex add my.index items.parquet --metadata-columns lang,year
+  compatindex add my.index items.jsonl --all-metadata-columns --int-ids
 """
 
 IdsOpt = Annotated[
     str | None,
     typer.Option(
         "--ids",
-        help="Item ids: .npy or .txt file (one per line), or a column/field of a .parquet/.jsonl input."
+        help="Item ids: .npy or .txt file (one per line; text ids keep their text unless --int-ids or the index"
+        " holds int ids), or a column/field of a .parquet/.jsonl input."
         " Default: the input's `id` column/field if any, else row numbers offset by the item count.",
         show_default=False,
     ),
@@ -50,10 +58,29 @@ LabelsOpt = Annotated[
                  show_default=False),
 ]
 VersionOpt = Annotated[
-    str | None, typer.Option("--version", help="Version the vectors belong to (default: the newest).", show_default=False)
+    str | None,
+    typer.Option("--version", help="Version the vectors belong to (default: $COMPATINDEX_VERSION, else the only "
+                 "version; required when the index holds several).", show_default=False),
 ]
-RawOpt = Annotated[
-    bool, typer.Option("--raw", help="Vectors are raw encoder outputs; map them with the version's transform.")
+IntIdsOpt = Annotated[
+    bool, typer.Option("--int-ids", help="Ids read as text (.txt, str columns) are integers; a line that is not one "
+                       "is an error. Implied when the index already holds int ids.")
+]
+MetadataOpt = Annotated[
+    str | None,
+    typer.Option("--metadata", metavar="META", show_default=False,
+                 help="Per-item metadata: a .jsonl file (one JSON object per row, in the rows' order; {} for none),"
+                      " or a column/field of a .parquet/.jsonl input holding JSON objects or JSON text."),
+]
+MetadataColumnsOpt = Annotated[
+    str | None,
+    typer.Option("--metadata-columns", metavar="COL,...", show_default=False,
+                 help="Build each item's metadata from these columns/fields of a .parquet/.jsonl input "
+                      "(nulls left out)."),
+]
+AllMetadataColumnsOpt = Annotated[
+    bool, typer.Option("--all-metadata-columns", help="Metadata from every column/field of a .parquet/.jsonl "
+                       "input other than the vectors, the ids and the labels.")
 ]
 ColumnOpt = Annotated[
     str | None,
@@ -76,8 +103,12 @@ def add(
     ids: IdsOpt = None,
     version: VersionOpt = None,
     labels: LabelsOpt = None,
-    raw: RawOpt = False,
+    raw: RawOpt = None,
     column: ColumnOpt = None,
+    metadata: MetadataOpt = None,
+    metadata_columns: MetadataColumnsOpt = None,
+    all_metadata_columns: AllMetadataColumnsOpt = False,
+    int_ids: IntIdsOpt = False,
     batch_size: BatchSize = DEFAULT_BATCH,
     lock_timeout: LockTimeout = 0.0,
     skip_existing: Annotated[
@@ -93,22 +124,33 @@ def add(
         n = source.n
         keys: Any = None
         how = "from --ids"
+        id_column: str | None = None
         if ids is not None:
-            keys = read_keys(ids, param="--ids", source=source)
+            keys = read_ids(ids, param="--ids", source=source)
             check_length(keys, n, param="--ids", spec=ids, vectors=vectors)
+            if getattr(keys, "unit", None) == "row" or (isinstance(keys, np.ndarray) and ids in source.columns
+                                                       and not Path(ids).exists()):
+                id_column = ids
         elif source.kind in ("parquet", "jsonl") and "id" in source.columns:
-            keys = source.column("id")
+            keys = read_ids("id", param="--ids", source=source)
+            id_column = "id"
             how = f"from the 'id' {'column' if source.kind == 'parquet' else 'field'} of VECTORS"
-        if keys is not None:
+        if keys is not None:  # text duplicates before the index opens; coerced ones (000042 vs 42) below
             check_unique(keys, what=f"--ids '{ids}'" if ids is not None else f"the 'id' values of VECTORS '{vectors}'")
         label_vals: Any = None
         if labels is not None:
             label_vals = read_keys(labels, param="--labels", source=source)
             check_length(label_vals, n, param="--labels", spec=labels, vectors=vectors)
+        meta_rows = _read_metadata(source, vectors, metadata=metadata, metadata_columns=metadata_columns,
+                                   all_columns=all_metadata_columns, skip={id_column, labels})
 
         ix = open_index(index, lock_timeout=lock_timeout)
         with ix:
+            if keys is not None:
+                keys = resolve_ids(keys, ix, int_ids=int_ids)
+                check_unique(keys, what=f"--ids '{ids}'" if ids is not None else f"the 'id' values of VECTORS '{vectors}'")
             ver = resolve_version(ix, version)
+            raw = resolve_raw(ver, raw)
             check_vectors(source, ix, ver, raw=raw, batch_size=batch_size, quiet=quiet)
             count = int(ix.count)
             if keys is None:
@@ -148,6 +190,7 @@ def add(
                                 x[sel],
                                 version=ver.name,
                                 labels=None if label_vals is None else [label_vals[start + i] for i in rows.tolist()],
+                                metadata=None if meta_rows is None else [meta_rows[start + i] for i in rows.tolist()],
                                 raw=raw,
                             )
                             done += len(rows)
@@ -176,6 +219,50 @@ def add(
             say(f"VECTORS '{vectors}' holds no vectors; nothing added")
         else:
             say(f"added {n} items to version '{ver.name}' (ids {first!r}..{last!r}: {how}); the index holds {total} items")
+
+
+def _read_metadata(source: Any, vectors: Path, *, metadata: str | None, metadata_columns: str | None,
+                   all_columns: bool, skip: set[str | None]) -> list[Any] | None:
+    """The per-row metadata of an add (None when none is given), checked before the index opens."""
+    given = [o for o, v in (("--metadata", metadata), ("--metadata-columns", metadata_columns),
+                            ("--all-metadata-columns", all_columns)) if v]
+    if len(given) > 1:
+        raise CliError(f"{' and '.join(given)} both give the metadata; use one of them")
+    if not given:
+        return None
+    if metadata is not None:
+        rows = read_metadata(metadata, param="--metadata", source=source)
+        if len(rows) != source.n:
+            raise InputFileError(
+                f"--metadata '{metadata}' holds {len(rows)} rows but VECTORS '{vectors}' holds {source.n} vectors;"
+                " they must match one to one (one JSON object per line, {} for an item without metadata)"
+            )
+        what = f"--metadata '{metadata}'"
+        unit, base = ("line", 1) if not (source.kind in ("parquet", "jsonl") and metadata in source.columns
+                                         and not Path(metadata).exists()) else ("row", 0)
+    else:
+        if metadata_columns is not None:
+            names = [c.strip() for c in metadata_columns.split(",")]
+            if any(not c for c in names):
+                raise CliError(f"--metadata-columns {metadata_columns!r}: an empty column name",
+                               "name the columns separated by commas, e.g. --metadata-columns lang,year")
+        else:
+            names = [c for c in getattr(source, "columns", []) if c not in skip]
+        rows = metadata_from_columns(source, names)
+        what, unit, base = f"the metadata columns of VECTORS '{vectors}'", "row", 0
+    from compatindex.core.validate import as_metadata
+    from compatindex.errors import InvalidInputError
+
+    try:
+        as_metadata(rows, n=len(rows))
+    except InvalidInputError as exc:
+        import re
+
+        m = re.match(r"`metadata\[(\d+)\]` (.*)", exc.message)
+        if m is None:
+            raise
+        raise InputFileError(f"{what}: {unit} {int(m.group(1)) + base} {m.group(2)}") from None
+    return rows
 
 
 def existing_to_skip(ix: Any, version: str, keys: Any, source: Any, *, raw: bool, batch_size: int,

@@ -1,4 +1,4 @@
-"""`compatindex backfill INDEX VECTORS --ids IDS --version NAME [--raw] [--drop-old]`."""
+"""`compatindex backfill INDEX VECTORS --ids IDS --version NAME --raw/--no-raw [--drop-old]`."""
 
 from __future__ import annotations
 
@@ -15,21 +15,26 @@ from ._common import (
     Json,
     LockTimeout,
     Quiet,
+    RawOpt,
     check_vectors,
     cli_errors,
     dumps,
     fmt_ids,
     open_index,
     progress,
+    require_version,
+    resolve_ids,
+    resolve_raw,
+    resolve_version,
     say,
     IndexArg,
 )
-from ._io import check_unique, open_vectors, read_keys
-from .add import ColumnOpt, RawOpt, check_length
+from ._io import check_unique, open_vectors, read_ids
+from .add import ColumnOpt, check_length
 
 EXAMPLES = """\b
 Examples:
-  compatindex backfill my.index v2_vectors.npy --ids ids.txt --version v2
+  compatindex backfill my.index v2_vectors.npy --ids ids.txt --version v2 --no-raw
   compatindex backfill my.index raw_v2.npy --ids ids.npy --version v2 --raw --drop-old
 """
 
@@ -42,8 +47,12 @@ def backfill(
         typer.Option("--ids", help="Ids of existing items: .npy or .txt file, or a column/field of the input.",
                      show_default=False),
     ],
-    version: Annotated[str, typer.Option("--version", help="Version of the new vectors.", show_default=False)],
-    raw: RawOpt = False,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version of the new vectors (required unless $COMPATINDEX_VERSION names one).",
+                     show_default=False),
+    ] = None,
+    raw: RawOpt = None,
     drop_old: Annotated[
         bool, typer.Option("--drop-old", help="Remove these items' vectors of every other version.")
     ] = False,
@@ -55,14 +64,18 @@ def backfill(
 ) -> None:
     """Give existing items a vector of a (newer) version, streamed in batches."""
     with cli_errors():
+        require_version(index, version, what="the version of the new vectors")
         source = open_vectors(vectors, param="VECTORS", column=column)
         n = source.n
-        keys = read_keys(ids, param="--ids", source=source)
+        keys = read_ids(ids, param="--ids", source=source)
         check_length(keys, n, param="--ids", spec=ids, vectors=vectors)
         check_unique(keys, what=f"--ids '{ids}'")
         ix = open_index(index, lock_timeout=lock_timeout)
         with ix:
-            ver = ix.version(version)
+            keys = resolve_ids(keys, ix)
+            check_unique(keys, what=f"--ids '{ids}'")
+            ver = resolve_version(ix, version)
+            raw = resolve_raw(ver, raw)
             if n:
                 present = np.asarray(ix.has(keys), dtype=bool)
                 if not present.all():

@@ -11,7 +11,20 @@ from typing import Annotated
 
 import typer
 
-from ._common import IndexArg, Json, LockTimeout, Quiet, at_least_one, cli_errors, dumps, open_index, say, to_jsonable
+from ._common import (
+    IndexArg,
+    Json,
+    LockTimeout,
+    Quiet,
+    at_least_one,
+    cli_errors,
+    dumps,
+    open_index,
+    require_version,
+    resolve_version,
+    say,
+    to_jsonable,
+)
 
 EXAMPLES = """\b
 Examples:
@@ -22,8 +35,11 @@ Examples:
 
 def calibrate(
     index: IndexArg,
-    version: Annotated[str, typer.Option("--version", help="The version to calibrate (its queries and vectors).",
-                                         show_default=False)],
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="The version to calibrate, its queries and vectors (required unless "
+                     "$COMPATINDEX_VERSION names one).", show_default=False),
+    ] = None,
     against: Annotated[
         str | None,
         typer.Option("--against", help="The other version of the pairs (default: the version's parent).",
@@ -38,8 +54,10 @@ def calibrate(
 ) -> None:
     """Refit a version's score calibration from items that hold vectors of both versions."""
     with cli_errors():
+        require_version(index, version, what="the version to calibrate")
         ix = open_index(index, lock_timeout=lock_timeout)
         with ix:
+            version = resolve_version(ix, version).name
             report = ix.calibrate(version, against=against, limit=limit, seed=seed)
             serving = ix.version(version).serving
         if json_out:

@@ -7,8 +7,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ._common import CliError, IndexArg, Json, LockTimeout, Quiet, cli_errors, dumps, fmt_ids, open_index, say
-from ._io import check_unique, read_keys
+from ._common import CliError, IndexArg, Json, LockTimeout, Quiet, cli_errors, dumps, fmt_ids, open_index, resolve_ids, say
+from ._io import check_unique, read_ids
 
 EXAMPLES = """\b
 Examples:
@@ -27,10 +27,12 @@ def delete(
 ) -> None:
     """Delete items (all their vectors, of every version). Unknown ids are an error."""
     with cli_errors():
-        keys = read_keys(ids, param="--ids")
+        keys = read_ids(ids, param="--ids")
         check_unique(keys, what=f"--ids '{ids}'")
         ix = open_index(index, lock_timeout=lock_timeout)
         with ix:
+            keys = resolve_ids(keys, ix)
+            check_unique(keys, what=f"--ids '{ids}'")
             if len(keys):
                 present = np.asarray(ix.has(keys), dtype=bool)
                 if not present.all():

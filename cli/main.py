@@ -18,6 +18,9 @@ from . import calibrate as calibrate_module
 from . import compact as compact_module
 from . import delete as delete_module
 from . import export as export_module
+from . import get as get_module
+from . import list_cmd as list_module
+from . import set_metadata as set_metadata_module
 from . import info as info_module
 from . import init as init_module
 from . import search as search_module
@@ -32,7 +35,9 @@ app = typer.Typer(
         "  compatindex init my.index --dim 64 --name v1\n"
         "  compatindex add my.index vectors.npy --ids ids.txt --labels labels.txt\n"
         "  compatindex search my.index queries.npy -k 10 --json\n\n"
-        "Exit codes: 0 success, 1 an error in the files, the data or the index, 2 a usage error."
+        "Exit codes: 0 success, 1 an error in the files, the data or the index, 2 a usage error.\n\n"
+        "On an index of several versions, name the version with --version (or set COMPATINDEX_VERSION=NAME "
+        "to pin a default), and say --raw or --no-raw for a version with a head or a non-identity Q."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -73,7 +78,8 @@ for _name, _module in (
     ("search", search_module),
     ("backfill", backfill_module),
     ("delete", delete_module),
-    ("versions", versions_module),
+    ("get", get_module),
+    ("set-metadata", set_metadata_module),
     ("info", info_module),
     ("verify", verify_module),
     ("export", export_module),
@@ -81,7 +87,10 @@ for _name, _module in (
     ("compact", compact_module),
     ("backup", backup_module),
 ):
-    app.command(_name, epilog=_module.EXAMPLES)(getattr(_module, _name))
+    app.command(_name, epilog=_module.EXAMPLES)(getattr(_module, _name.replace("-", "_")))
+app.command("list", epilog=list_module.EXAMPLES)(list_module.list_)
+# `versions INDEX` lists them (the default subcommand `show`); `versions retire INDEX NAME` retires one
+app.add_typer(versions_module.app, name="versions")
 
 try:  # the trainer's command; absent (or not importable) until it lands
     from . import upgrade as upgrade_module

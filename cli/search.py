@@ -1,4 +1,4 @@
-"""`compatindex search INDEX QUERIES [-k K] [--version NAME] [--score pad|renorm|calibrated] [--raw] [--json]`,
+"""`compatindex search INDEX QUERIES [-k K] [--version NAME] [--score pad|renorm|calibrated] [--raw/--no-raw] [--json]`,
 or `compatindex search INDEX --query v2=new.npy --query v1=old.npy [--fusion v1=0.6,v2=0.4] ...`: the same
 queries embedded by several models during a migration, fused (docs/concepts.md)."""
 
@@ -14,25 +14,33 @@ from ._common import (
     CliError,
     Json,
     Quiet,
+    RawOpt,
     at_least_one,
     check_vectors,
     cli_errors,
     dumps,
     open_index,
     progress,
+    resolve_raw,
     resolve_version,
     to_jsonable,
     IndexArg,
+    Where,
+    WhereFile,
+    parse_where,
 )
 from ._io import VectorSource, open_vectors
 
 EXAMPLES = """\b
 Examples:
   compatindex search my.index queries.npy -k 5
-  compatindex search my.index queries.npy -k 10 --version v2 --json > hits.jsonl
+  compatindex search my.index queries.npy -k 10 --version v2 --no-raw --json > hits.jsonl
   compatindex search my.index raw_queries.fvecs --version v2 --raw --score pad --json
-  compatindex search my.index --query v2=new.npy --query v1=old.npy -k 10 --json
+  COMPATINDEX_VERSION=v1 compatindex search my.index old_queries.npy -k 10
+  compatindex search my.index --query v2=new.npy --query v1=old.npy -k 10 --no-raw --json
   compatindex search my.index --query v2=new.npy --query v1=old.npy --fusion v1=0.6,v2=0.4
+  compatindex search my.index queries.npy --version v1 --where '{"lang": "en"}' --with-payload --json
+  compatindex search my.index queries.npy --version v1 --where-file filter.json
 """
 
 
@@ -84,7 +92,8 @@ def search(
     k: Annotated[int, typer.Option("-k", "--k", callback=at_least_one, help="Hits per query (>= 1).")] = 10,
     version: Annotated[
         str | None,
-        typer.Option("--version", help="Version the queries belong to (default: the newest).", show_default=False),
+        typer.Option("--version", help="Version the queries belong to (default: $COMPATINDEX_VERSION, else the "
+                     "only version; required when the index holds several).", show_default=False),
     ] = None,
     query: Annotated[
         list[str] | None,
@@ -103,13 +112,16 @@ def search(
                      " query prefix), pad (plain inner product of the prefix) or calibrated (pad mapped onto"
                      " one scale per pair of versions by the stored calibration)."),
     ] = ScoreChoice.renorm,
-    raw: Annotated[
-        bool, typer.Option("--raw", help="Queries are raw encoder outputs; map them with the version's transform.")
-    ] = False,
+    raw: RawOpt = None,
     column: Annotated[
         str | None, typer.Option("--column", help="Column/field holding the queries (.parquet/.jsonl).",
                                  show_default=False)
     ] = None,
+    where: Where = None,
+    where_file: WhereFile = None,
+    with_payload: Annotated[
+        bool, typer.Option("--with-payload", help="Add each hit's label and metadata (`labels`, `metadata`).")
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least_one, help="Queries per search call.")] = 1024,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -123,6 +135,7 @@ def search(
             raise CliError("--version goes with QUERIES; with --query, each VERSION=FILE names its version")
         if fusion is not None and not query:
             raise CliError("--fusion weighs the versions of --query; give the queries with --query VERSION=FILE")
+        flt = parse_where(where, where_file)
         named = parse_queries(query) if query else []
         weights = parse_fusion(fusion) if fusion is not None else None
         sources: list[tuple[str | None, VectorSource]]
@@ -142,32 +155,40 @@ def search(
                     raise CliError(f"--query {name!r} is not a version of this index (versions: {', '.join(sorted(known))})",
                                    "list them with `compatindex versions INDEX`")
             vers = [resolve_version(ix, version if name is None else name) for name, _ in sources]
+            # one flag for every --query: it must be said when any of the versions needs it
+            is_raw = [resolve_raw(ver, raw) for ver in vers][0]
             for (_, source), ver in zip(sources, vers):
-                check_vectors(source, ix, ver, raw=raw, batch_size=batch_size, quiet=True)
+                check_vectors(source, ix, ver, raw=is_raw, batch_size=batch_size, quiet=True)
             header = False
+            payload_kw: dict[str, Any] = {}
+            if flt is not None:
+                payload_kw["where"] = flt
+            if with_payload:
+                payload_kw["with_payload"] = True
             label = "+".join(v.name for v in vers)
             with progress(f"searching {label}", sources[0][1].n, quiet=quiet) as advance:
                 batches = zip(*(s.batches(batch_size) for _, s in sources))
                 for group in batches:
                     start = group[0][0]
                     if queries is not None:
-                        res = ix.search(group[0][1], k, version=vers[0].name, score=score.value, raw=raw)
+                        res = ix.search(group[0][1], k, version=vers[0].name, score=score.value, raw=is_raw,
+                                        **payload_kw)
                     else:
                         res = ix.search({v.name: q for v, (_, q) in zip(vers, group)}, k, score=score.value,
-                                        raw=raw, fusion=weights)
-                    lines = _rows(res, start)
+                                        raw=is_raw, fusion=weights, **payload_kw)
+                    lines = _rows(res, start, with_payload=with_payload)
                     if json_out:
                         typer.echo("\n".join(dumps(r) for r in lines))
                     else:
-                        typer.echo(_table(lines, header=not header))
+                        typer.echo(_table(lines, header=not header, with_payload=with_payload))
                         header = True
                     advance(len(group[0][1]))
 
 
-def _rows(res: Any, start: int) -> list[dict[str, Any]]:
+def _rows(res: Any, start: int, *, with_payload: bool = False) -> list[dict[str, Any]]:
     out = []
     for i in range(res.ids.shape[0]):
-        ids, scores, versions = [], [], []
+        ids, scores, versions, labels, metas = [], [], [], [], []
         for j in range(res.ids.shape[1]):
             item = res.ids[i, j]
             if item is None:
@@ -175,17 +196,31 @@ def _rows(res: Any, start: int) -> list[dict[str, Any]]:
             ids.append(to_jsonable(item))
             scores.append(float(res.scores[i, j]))
             versions.append(res.versions[i, j])
-        out.append({"query": start + i, "ids": ids, "scores": scores, "versions": versions})
+            if with_payload:
+                labels.append(to_jsonable(res.labels[i, j]) if res.labels is not None else None)
+                metas.append(to_jsonable(res.metadata[i, j]) if res.metadata is not None else None)
+        row: dict[str, Any] = {"query": start + i, "ids": ids, "scores": scores, "versions": versions}
+        if with_payload:
+            row["labels"] = labels
+            row["metadata"] = metas
+        out.append(row)
     return out
 
 
-def _table(rows: list[dict[str, Any]], *, header: bool) -> str:
+def _table(rows: list[dict[str, Any]], *, header: bool, with_payload: bool = False) -> str:
     lines = []
     if header:
-        lines.append(f"{'query':>7}  {'rank':>4}  {'id':<20}  {'score':>10}  version")
+        lines.append(f"{'query':>7}  {'rank':>4}  {'id':<20}  {'score':>10}  version"
+                     + ("  label       metadata" if with_payload else ""))
     for r in rows:
         if not r["ids"]:
             lines.append(f"{r['query']:>7}  {'-':>4}  {'(no items)':<20}")
         for rank, (i, s, v) in enumerate(zip(r["ids"], r["scores"], r["versions"]), 1):
-            lines.append(f"{r['query']:>7}  {rank:>4}  {str(i):<20}  {s:>10.6f}  {v}")
+            line = f"{r['query']:>7}  {rank:>4}  {str(i):<20}  {s:>10.6f}  {v}"
+            if with_payload:
+                lab = r["labels"][rank - 1]
+                meta = r["metadata"][rank - 1]
+                line += f"{'':<{max(0, 7 - len(str(v)))}}  {'-' if lab is None else str(lab):<10}  " + (
+                    "-" if meta is None else dumps(meta))
+            lines.append(line)
     return "\n".join(lines)

@@ -24,9 +24,10 @@ from ._common import (
     dumps,
     open_index,
     out_console,
+    resolve_ids,
     say,
 )
-from ._io import check_unique, open_vectors, read_keys
+from ._io import check_unique, open_vectors, read_ids
 from .add import ColumnOpt, check_length
 
 EXAMPLES = """\b
@@ -149,7 +150,7 @@ def upgrade(
     """Learn the next compatible version against the stored gallery; register it if the gate passes."""
     with cli_errors():
         source = open_vectors(vectors, param="VECTORS", column=column)
-        keys = read_keys(ids, param="--ids", source=source)
+        keys = read_ids(ids, param="--ids", source=source)
         check_length(keys, source.n, param="--ids", spec=ids, vectors=vectors)
         check_unique(keys, what=f"--ids '{ids}'")
         parts = []
@@ -157,11 +158,13 @@ def upgrade(
             source.check_finite(x, start)
             parts.append(x)
         X = np.concatenate(parts) if parts else np.zeros((0, source.dim), np.float32)
-        key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
         from compatindex.trainer import upgrade as run_upgrade  # torch loads only for this command
 
         ix = open_index(index, lock_timeout=lock_timeout)
         with ix:
+            keys = resolve_ids(keys, ix)  # text ids become ints on an index of int ids
+            check_unique(keys, what=f"--ids '{ids}'")
+            key_list = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
             if key_list:
                 present = np.asarray(ix.has(key_list), dtype=bool)
                 if not present.all():

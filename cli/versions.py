@@ -1,20 +1,50 @@
-"""`compatindex versions INDEX [--json]`: lineage, dims and how each version was made."""
+"""`compatindex versions INDEX [--json]`: lineage, dims and how each version was made;
+`compatindex versions retire INDEX NAME`: drop a version's vectors."""
 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
+import typer.core
 
-from ._common import IndexArg, Json, Quiet, cli_errors, dumps, metric_name, open_index, out_console
+from ._common import IndexArg, Json, LockTimeout, Quiet, cli_errors, dumps, metric_name, open_index, out_console, say
 
 EXAMPLES = """\b
 Examples:
   compatindex versions my.index
   compatindex versions my.index --json | jq '.versions[].name'
+  compatindex versions retire my.index v1     (drop every vector of v1; see `versions retire --help`)
 """
+
+RETIRE_EXAMPLES = """\b
+Examples:
+  compatindex versions retire my.index v1
+  compatindex versions retire my.index v1 --json
+"""
+
+
+class VersionsGroup(typer.core.TyperGroup):
+    """``versions``: ``show`` (the listing) is the default, so ``compatindex versions INDEX`` lists
+    the versions and ``compatindex versions retire INDEX NAME`` retires one."""
+
+    default_command = "show"
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=VersionsGroup,
+    help="List the versions (`versions INDEX`, the same as `versions show INDEX`) or retire one (`versions retire INDEX NAME`).",
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 def made_by(v: Any) -> str:
@@ -58,7 +88,7 @@ def describe(ix: Any, v: Any) -> dict[str, Any]:
 
 
 def serving_summary(serving: dict[str, Any]) -> str:
-    """``fusion v2=0.6 v1=0.4; calibration v2->v1 a=1.3 b=-0.05`` (``-`` when none is stored)."""
+    """``fusion v2=0.6 v1=0.4; calibration v2->v1 a=1.3 b=-0.05; query map v1 (96x64)`` (``-`` when none is stored)."""
     parts = []
     fusion = serving.get("fusion")
     if fusion:
@@ -66,6 +96,10 @@ def serving_summary(serving: dict[str, Any]) -> str:
     cal = serving.get("calibration")
     if cal:
         parts.append("calibration " + ", ".join(f"{i}->{u} a={float(a):.3g} b={float(b):+.3g}" for i, u, a, b in cal))
+    maps = serving.get("query_maps")
+    if maps:  # {ancestor: {"shape": [d_u, d_a], ...}}: old-version queries carried into this space
+        parts.append("query map " + ", ".join(f"{a} ({'x'.join(str(n) for n in (m or {}).get('shape', []))})"
+                                              for a, m in maps.items()))
     return "; ".join(parts) or "-"
 
 
@@ -105,3 +139,27 @@ def versions(
             )
         out_console().print(table)
         typer.echo("* newest version")
+
+
+def retire(
+    index: IndexArg,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The version to retire.", show_default=False)],
+    lock_timeout: LockTimeout = 0.0,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Retire a version: drop every stored vector of it (its record stays, so its queries still map
+    onto its descendants). Refused, with nothing changed, while some item holds no vector of another version."""
+    with cli_errors():
+        ix = open_index(index, lock_timeout=lock_timeout)
+        with ix:
+            dropped = int(ix.retire_version(name))
+            left = int(ix.count)
+    if json_out:
+        say(dumps({"retired": name, "dropped": dropped, "count": left}))
+    else:
+        say(f"retired version '{name}': dropped {dropped} vectors; the index holds {left} items")
+
+
+app.command("show", epilog=EXAMPLES)(versions)
+app.command("retire", epilog=RETIRE_EXAMPLES)(retire)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .core.datatypes import ItemBatch, ItemId, Version
+from .core.filters import Filter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +115,42 @@ class Backend(Protocol):
         """Remove items and all their vectors; returns how many were removed."""
         ...
 
+    def set_payload(self, ids: list[ItemId], id_kind: str, *, labels: list[Any] | None,
+                    metadata: list[dict[str, Any] | None] | None, merge: bool) -> int:
+        """Replace the labels and/or metadata of existing items in one transaction.
+
+        ``UnknownIdError`` (nothing written) if an id is absent. ``merge``: each dict updates the
+        stored one key by key (a None value removes the key) instead of replacing it. Returns a
+        sequence number.
+        """
+        ...
+
+    def create_payload_index(self, field: str, schema: str) -> None:
+        """Declare ``field`` indexed with ``schema`` (one of ``core.filters.SCHEMAS``), so that
+        filters on it need not read every item's metadata; ``InvalidInputError`` naming the item if
+        a stored value has another type (nothing changes)."""
+        ...
+
+    def payload_schema(self) -> dict[str, str]:
+        """The declared payload indexes, ``{field: schema}``."""
+        ...
+
+    def retire(self, version: Version) -> int:
+        """Drop every stored vector of ``version`` and mark its record retired; returns how many.
+
+        ``InvalidInputError`` with the count (nothing changes) when some item holds no vector of
+        another version. The record stays: the version algebra still maps its queries.
+        """
+        ...
+
     # -- reads ---------------------------------------------------------------------------
-    def search(self, queries: Sequence[ShardQuery], k: int) -> ShardHits:
-        """Top-``k`` per :class:`ShardQuery`, by inner product at the version's native dim."""
+    def search(self, queries: Sequence[ShardQuery], k: int, *, where: Filter | None = None) -> ShardHits:
+        """Top-``k`` per :class:`ShardQuery`, by inner product at the version's native dim.
+
+        ``where`` (parsed by :func:`compatindex.core.filters.parse_filter`) restricts every step to
+        the items it matches (semantics: :func:`compatindex.core.filters.matches`); exact shards
+        stay exact under a filter.
+        """
         ...
 
     def known(self, ids: list[ItemId]) -> np.ndarray:
@@ -129,6 +163,21 @@ class Backend(Protocol):
 
     def labels(self, ids: list[ItemId]) -> list[Any]:
         """The labels of known ``ids`` (None where an item has none)."""
+        ...
+
+    def payload(self, ids: list[ItemId]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+        """Labels and metadata dicts of known ``ids`` (None where an item has none)."""
+        ...
+
+    def held(self, ids: list[ItemId]) -> list[tuple[str, ...]]:
+        """For each known id, the names of the versions it holds a vector of, oldest version first."""
+        ...
+
+    def list_items(self, offset: int, limit: int, where: Filter | None) -> tuple[list[ItemId], int]:
+        """Up to ``limit`` ids in insertion order, skipping the first ``offset`` matching ``where``.
+
+        Returns the ids and the offset to pass for the next page (``-1`` when there is none).
+        """
         ...
 
     def sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,

@@ -60,6 +60,7 @@ def open(  # noqa: A001 - the public name users expect (compatindex.open)
     shard: Any = None,
     device: str = "auto",
     lock_timeout: float = 0.0,
+    version: str | None = None,
 ) -> Index:
     """Open (or create) an index.
 
@@ -80,6 +81,11 @@ def open(  # noqa: A001 - the public name users expect (compatindex.open)
         Embedded only: ``"auto"``, ``"cpu"``, ``"gpu"``, ``"torch"`` or ``"torch-fp16"``.
     lock_timeout:
         Embedded only: seconds to wait for another writer before raising ``IndexLockedError``.
+    version:
+        Pin the version used by every call that leaves out ``version=`` (``add``, ``search``,
+        ``fetch``, ...): an old client keeps writing and querying its own version's space after an
+        upgrade. It must be a version of the index (``UnknownVersionError`` otherwise). Unpinned,
+        an index of several versions requires ``version=`` on those calls (docs/api.md).
 
     Returns
     -------
@@ -106,4 +112,4 @@ def open(  # noqa: A001 - the public name users expect (compatindex.open)
         if shard is not None:
             raise InvalidInputError(f"`shard` applies to embedded indexes only; {name}:// indexes have no FAISS shards")
         backend = _opener(SCHEMES[name])(os.fspath(path), readonly=readonly, create=create)
-    return Index(backend)
+    return Index(backend, version=version)

@@ -12,6 +12,8 @@ __all__ = [
     "CompatIndexError",
     "InvalidInputError",
     "DimensionMismatchError",
+    "VersionRequiredError",
+    "RawRequiredError",
     "UnknownVersionError",
     "UnknownIdError",
     "DuplicateIdError",
@@ -60,6 +62,23 @@ class DimensionMismatchError(InvalidInputError):
     """Vectors do not have the dimension of the version they are given for."""
 
     default_hint = "check `version=`: each version has its own dim (see Index.versions())"
+
+
+class VersionRequiredError(InvalidInputError):
+    """A call left out ``version=`` on an index that holds several versions and has none pinned.
+
+    An index never guesses which version's space a vector or a query belongs to: after an
+    upgrade that keeps the dim, the newest version would accept an old client's vectors silently.
+    """
+
+    default_hint = "pass version=NAME, or pin a default with compatindex.open(path, version=NAME)"
+
+
+class RawRequiredError(InvalidInputError):
+    """A call left out ``raw=`` for a version whose raw transform (head, ``Q``) is not the identity."""
+
+    default_hint = ("raw=True: encoder outputs, mapped by the version's head and Q; "
+                    "raw=False: vectors already in version space")
 
 
 class UnknownVersionError(CompatIndexError, KeyError):

@@ -10,16 +10,18 @@ backend, so both engines accept and refuse the same calls with the same errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 
 from .backend import Backend, ShardQuery
 from .core import versions as V
-from .core.datatypes import AddResult, ItemBatch, SearchResult, Version
+from .core.datatypes import AddResult, IndexStats, Item, ItemBatch, ItemPage, SearchResult, Version
+from .core.filters import Filter, check_payload, check_schema_name, parse_filter
 from .core.heads import validate_head
-from .core.calibration import fit_calibration, fit_fusion, relevance
+from .core.calibration import fit_calibration, fit_fusion, fit_mapped_calibration, relevance
 from .core.fusion import as_weights, calibration_table, compose, stored_fusion
+from .core.query_maps import check_query_map, fit_query_map, fit_summary, pack_map, query_map_table
 from .core.merge import merge_topk
 from .core.records import version_record
 from .core.scoring import Metric, Score, normalize_metric, normalize_score
@@ -39,9 +41,11 @@ from .errors import (
     CompatIndexError,
     DimensionMismatchError,
     InvalidInputError,
+    RawRequiredError,
     ReadOnlyError,
     UnknownIdError,
     VersionExistsError,
+    VersionRequiredError,
 )
 
 SEARCH_ATTEMPTS = 50
@@ -51,15 +55,41 @@ SEARCH_ATTEMPTS = 50
 class Index:
     """A multi-version vector index. Use :func:`compatindex.open` to get one.
 
+    Versions and transforms are explicit. A call that takes ``version=`` (``add``, ``backfill``,
+    ``search``, ``fetch``, ``to_version_space``, ``composed_queries``) uses, when it is left out,
+    the pinned version, else the only version of a one-version index; on an index of several
+    versions with none pinned it raises :class:`~compatindex.errors.VersionRequiredError`. A call that takes
+    ``raw=`` needs it said (raises :class:`~compatindex.errors.RawRequiredError` otherwise) when
+    the version's raw transform is not the identity (a head, a non-identity ``Q``, or
+    ``raw_dim != dim``); for an identity version ``raw=None`` means ``False``.
+
     Parameters
     ----------
     backend:
         The engine that stores and searches the vectors (see :class:`compatindex.backend.Backend`).
+    version:
+        Pin a default version for every call that leaves out ``version=`` (e.g. an old client
+        after an upgrade); it must be a version of the index (``UnknownVersionError`` otherwise,
+        and the backend is closed).
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, version: str | None = None) -> None:
         self.backend = backend
         self._closed = False
+        self._pinned: str | None = None
+        if version is not None:
+            try:
+                if not isinstance(version, str):
+                    raise InvalidInputError(f"`version` to pin must be a version name (str); got {type(version).__name__}")
+                self._pinned = self._lookup(version, param="version").name
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def pinned_version(self) -> str | None:
+        """The version used when a call leaves out ``version=`` (set at open), or None."""
+        return self._pinned
 
     @property
     def path(self) -> Path | str:
@@ -187,14 +217,17 @@ class Index:
         return self._versions[kw["name"]]
 
     def to_version_space(self, raw: Any, *, version: str | None = None) -> np.ndarray:
-        """Map raw encoder outputs ``(n, raw_dim)`` into version space ``(n, dim)``."""
+        """Map raw encoder outputs ``(n, raw_dim)`` into version space ``(n, dim)``.
+
+        ``version`` defaults to the pinned version, else the only one (see :class:`Index`).
+        """
         self._check_open()
-        v = self._resolve(version)
+        v = self._resolve(version, call="to_version_space")
         return V.to_version_space(v, as_matrix(raw, dim=v.raw_dim, param="raw"))
 
     # -- writes ------------------------------------------------------------------------------
     def add(self, ids: Any, vectors: Any, *, version: str | None = None, labels: Any = None,
-            metadata: Any = None, raw: bool = False) -> AddResult:
+            metadata: Any = None, raw: bool | None = None) -> AddResult:
         """Add new items with their vectors of one version.
 
         Parameters
@@ -204,20 +237,29 @@ class Index:
         vectors:
             ``(n, d)`` vectors of ``version`` (``(n, raw_dim)`` raw encoder outputs when ``raw``).
         version:
-            Defaults to the newest version.
+            The vectors' version; default: the pinned version, else the only version (required
+            when the index holds several).
         labels, metadata:
             Optional ``(n,)`` labels (int/str) and ``n`` dicts kept with the items.
+        raw:
+            True: ``vectors`` are encoder outputs, mapped by the version's head and ``Q``; False:
+            they already are version-space vectors. Required when the version's raw transform is
+            not the identity; None means False otherwise.
         """
         self._writable()
-        v = self._resolve(version)
-        x = self._prepare(vectors, v, raw=raw, param="vectors")
+        v = self._resolve(version, call="add")
+        x = self._prepare(vectors, v, raw=self._raw(v, raw, call="add"), param="vectors")
         ids_l, kind = as_ids(ids, n=len(x))
         labels_l = as_labels(labels, n=len(x))
         meta_l = as_metadata(metadata, n=len(x))
+        if meta_l is not None:
+            check_payload(meta_l, self.backend.payload_schema())
+        self._live(v, "add to")
         seq = self.backend.add(v, ids_l, kind, x, labels_l, meta_l)
         return AddResult(len(ids_l), v.name, seq)
 
-    def backfill(self, ids: Any, vectors: Any, *, version: str, raw: bool = False, drop_old: bool = False) -> AddResult:
+    def backfill(self, ids: Any, vectors: Any, *, version: str | None = None, raw: bool | None = None,
+                 drop_old: bool = False) -> AddResult:
         """Give existing items a vector of ``version`` (replacing one they hold of it).
 
         Parameters
@@ -225,14 +267,22 @@ class Index:
         ids:
             ``(n,)`` ids already in the index.
         vectors:
-            ``(n, d_version)`` vectors (raw encoder outputs when ``raw``).
+            ``(n, d_version)`` vectors (``(n, raw_dim)`` raw encoder outputs when ``raw``).
+        version:
+            The vectors' version; default: the pinned version, else the only version (required
+            when the index holds several).
+        raw:
+            True: ``vectors`` are encoder outputs, mapped by the version's head and ``Q``; False:
+            they already are version-space vectors. Required when the version's raw transform is
+            not the identity; None means False otherwise.
         drop_old:
             Also remove the items' vectors of every other version.
         """
         self._writable()
-        v = self._resolve(version)
-        x = self._prepare(vectors, v, raw=raw, param="vectors")
+        v = self._resolve(version, call="backfill")
+        x = self._prepare(vectors, v, raw=self._raw(v, raw, call="backfill"), param="vectors")
         ids_l, kind = as_ids(ids, n=len(x))
+        self._live(v, "backfill")
         seq = self.backend.backfill(v, ids_l, kind, x, drop_old=bool(drop_old))
         return AddResult(len(ids_l), v.name, seq)
 
@@ -244,7 +294,8 @@ class Index:
 
     # -- reads -------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, version: str | None = None, score: str = "renorm",
-               raw: bool = False, fusion: Mapping[str, float] | None = None) -> SearchResult:
+               raw: bool | None = None, fusion: Mapping[str, float] | None = None, where: Any = None,
+               with_payload: bool = False) -> SearchResult:
         """Search every version's vectors with queries of one version, or of several at once; one hit per item.
 
         Parameters
@@ -259,14 +310,24 @@ class Index:
         k:
             Hits per query; fewer come back when the index holds fewer items (``-inf`` scores pad).
         version:
-            The queries' version (default: newest); not used with a mapping.
+            The queries' version; default: the pinned version, else the only version (required
+            when the index holds several). Not used with a mapping.
         score:
             ``"renorm"``, ``"pad"`` or ``"calibrated"`` (see :class:`compatindex.core.scoring.Score`).
         raw:
-            The queries are raw encoder outputs: each version's head and ``Q`` are applied.
+            True: the queries are raw encoder outputs, mapped by each version's head and ``Q``;
+            False: they already are version-space vectors. Required when a queried version's raw
+            transform is not the identity (with a mapping: any of its versions); None means
+            False otherwise.
         fusion:
             Weights ``{version: w >= 0}`` of a multi-version query (a version left out weighs 0);
             default: the weights stored with the versions by ``upgrade``/``set_serving``, else equal.
+        where:
+            A filter on labels and metadata (docs/api.md, "Filters"; :mod:`compatindex.core.filters`):
+            only matching items are searched, and exact shards stay exact. A filter matching
+            nothing gives empty rows.
+        with_payload:
+            Also return each hit's label and metadata (``SearchResult.labels``/``.metadata``).
 
         Returns
         -------
@@ -278,37 +339,44 @@ class Index:
         sc = normalize_score(score)
         for _attempt in range(SEARCH_ATTEMPTS):
             self.backend.refresh()
-            parts = self._query_parts(queries, version, raw)
+            flt = self._filter(where)
+            parts = self._query_parts(queries, version, raw, call="search")
             weights = self._weights(parts, fusion)
-            out = self._search_once(parts, weights, k, sc)
+            out = self._search_once(parts, weights, k, sc, flt)
+            if out is not None and with_payload:
+                out = self._with_payload(out)
             if out is not None:
                 return out
         raise CompatIndexError(f"index {self.path} changed under {SEARCH_ATTEMPTS} search attempts in a row; "
                                "retry the search")
 
-    def composed_queries(self, queries: Any, *, version: str | None = None, score: str = "renorm", raw: bool = False,
+    def composed_queries(self, queries: Any, *, version: str | None = None, score: str = "renorm",
+                         raw: bool | None = None,
                          fusion: Mapping[str, float] | None = None) -> dict[str, tuple[np.ndarray, float]]:
         """What :meth:`search` sends each version's shard: ``{version: ((nq, d_version) query, offset)}``.
 
         The served score of a stored vector ``g`` of version ``u`` is ``<query_u, g> + offset_u``
         (one composed vector per shard, docs/concepts.md); useful to check a search by brute force.
+        ``version`` and ``raw`` follow the rules of :meth:`search`.
         """
         self._check_open()
         sc = normalize_score(score)
         self.backend.refresh()
-        parts = self._query_parts(queries, version, raw)
+        parts = self._query_parts(queries, version, raw, call="composed_queries")
         weights = self._weights(parts, fusion)
         return {name: (q, off) for name, q, _, off in self._compose(parts, weights, sc)}
 
     def _compose(self, parts: list[tuple[Version, np.ndarray]], weights: list[float],
                  sc: Score) -> list[tuple[str, np.ndarray, tuple[str, ...], float]]:
-        """The per-version searches of a query (``core.fusion.compose`` with the stored calibration)."""
-        return compose(self._versions, parts, weights, sc, calibration_table(self._versions))
+        """The per-version searches of a query (``core.fusion.compose`` with the stored calibration and query maps)."""
+        vs = self._versions
+        return compose(vs, parts, weights, sc, calibration_table(vs), query_map_table(vs))
 
-    def _query_parts(self, queries: Any, version: str | None, raw: bool) -> list[tuple[Version, np.ndarray]]:
+    def _query_parts(self, queries: Any, version: str | None, raw: bool | None,
+                     *, call: str) -> list[tuple[Version, np.ndarray]]:
         if not isinstance(queries, Mapping):
-            v = self._resolve(version)
-            return [(v, self._prepare(queries, v, raw=raw, param="queries"))]
+            v = self._resolve(version, call=call)
+            return [(v, self._prepare(queries, v, raw=self._raw(v, raw, call=call), param="queries"))]
         if version is not None:
             raise InvalidInputError(f"`version` {version!r} was given with a mapping of queries; "
                                     "the mapping's keys name the versions (the first is the primary)")
@@ -317,7 +385,8 @@ class Index:
         parts: list[tuple[Version, np.ndarray]] = []
         for name, arr in queries.items():
             v = self._lookup(name, param="queries")
-            parts.append((v, self._prepare(arr, v, raw=raw, param=f"queries[{name!r}]")))
+            parts.append((v, self._prepare(arr, v, raw=self._raw(v, raw, call=call, param=f"queries[{name!r}]"),
+                                           param=f"queries[{name!r}]")))
         nqs = {v.name: len(q) for v, q in parts}
         if len(set(nqs.values())) > 1:
             raise InvalidInputError("`queries` arrays must hold the same number of queries; got "
@@ -336,10 +405,11 @@ class Index:
         return [1.0 / len(parts)] * len(parts)
 
     def _search_once(self, parts: list[tuple[Version, np.ndarray]], weights: list[float], k: int,
-                     sc: Score) -> SearchResult | None:
-        composed = self._compose(parts, weights, sc)
+                     sc: Score, where: Filter | None = None) -> SearchResult | None:
+        # a retired version holds no vectors: nothing to search there, nothing it shadows
+        composed = [c for c in self._compose(parts, weights, sc) if not self._versions[c[0]].retired]
         steps = [ShardQuery(name, q, shadow) for name, q, shadow, _ in composed]
-        hits = self.backend.search(steps, k)
+        hits = self.backend.search(steps, k, where=where) if where is not None else self.backend.search(steps, k)
         shard_scores = [D if off == 0.0 else D + np.float32(off) for D, (_, _, _, off) in zip(hits.scores, composed)]
         scores, keys, shard = merge_topk(shard_scores, hits.keys, k)
         uniq = np.unique(keys[keys >= 0])
@@ -357,6 +427,149 @@ class Index:
                 ver_flat[j] = names[w]
         return SearchResult(ids_out, scores, ver_out)
 
+    def _filter(self, where: Any) -> Filter | None:
+        if where is None:
+            return None
+        return parse_filter(where, schema=self.backend.payload_schema())
+
+    def _with_payload(self, res: SearchResult) -> SearchResult | None:
+        found = [x for x in res.ids.ravel().tolist() if x is not None]
+        uniq = list(dict.fromkeys(found))
+        if uniq and not self.backend.known(uniq).all():
+            return None  # deleted since the search: search again
+        labels, meta = self.backend.payload(uniq) if uniq else ([], [])
+        lab_of = dict(zip(uniq, labels))
+        meta_of = dict(zip(uniq, meta))
+        L = np.empty(res.ids.shape, dtype=object)
+        M = np.empty(res.ids.shape, dtype=object)
+        for j, x in enumerate(res.ids.ravel().tolist()):
+            if x is not None:
+                L.ravel()[j] = lab_of[x]
+                M.ravel()[j] = meta_of[x]
+        return SearchResult(res.ids, res.scores, res.versions, L, M)
+
+    # -- items: read-back and payload updates ---------------------------------------------------
+    def get(self, ids: Any, *, versions: Sequence[str] | None = None, with_vectors: bool = True) -> list[Item]:
+        """Stored items by id, in the order given: labels, metadata, versions held and vectors.
+
+        Parameters
+        ----------
+        ids:
+            ``(n,)`` ids in the index (``UnknownIdError`` names the missing ones).
+        versions:
+            Versions whose vectors to return (default: every version each item holds); an item
+            that holds none of them gets no vector for it.
+        with_vectors:
+            False returns labels, metadata and versions only.
+
+        Returns
+        -------
+        list[Item]
+            ``n`` items; ``Item.vectors[v]`` is ``(d_v,)`` float32.
+        """
+        self._check_open()
+        self.backend.refresh()
+        ids_l, _ = as_ids(ids, n=None, unique=False)
+        self._require_known(ids_l)
+        wanted = None if versions is None else [self._lookup(n, param="versions").name for n in
+                                                ([versions] if isinstance(versions, str) else versions)]
+        labels, meta = self.backend.payload(ids_l)
+        held = self.backend.held(ids_l)
+        vecs: list[dict[str, np.ndarray]] = [{} for _ in ids_l]
+        if with_vectors:
+            names = sorted({n for h in held for n in h} if wanted is None else set(wanted),
+                           key=lambda n: self._versions[n].code)
+            for name in names:
+                rows = [i for i, h in enumerate(held) if name in h]
+                if not rows:
+                    continue
+                x, ok = self.backend.vectors(self._versions[name], [ids_l[i] for i in rows])
+                for r, i in enumerate(rows):
+                    if ok[r]:
+                        vecs[i][name] = x[r]
+        return [Item(i, lab, m, tuple(h), v) for i, lab, m, h, v in zip(ids_l, labels, meta, held, vecs)]
+
+    def list_items(self, *, offset: int = 0, limit: int = 100, where: Any = None) -> ItemPage:
+        """One page of items in insertion order (labels, metadata and versions; no vectors).
+
+        ``where`` filters as in :meth:`search`; pass ``next_offset`` of a page to get the next.
+        """
+        self._check_open()
+        self.backend.refresh()
+        for name, val, lo in (("offset", offset, 0), ("limit", limit, 1)):
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+                raise InvalidInputError(f"`{name}` must be an int >= {lo}; got {val!r}")
+        flt = self._filter(where)
+        ids, nxt = self.backend.list_items(int(offset), min(int(limit), 100_000), flt)
+        items = self.get(ids, with_vectors=False) if ids else []
+        return ItemPage(items, None if nxt < 0 else nxt)
+
+    def set_metadata(self, ids: Any, metadata: Any, *, merge: bool = True) -> int:
+        """Update the metadata of existing items in one transaction; returns how many.
+
+        Parameters
+        ----------
+        ids:
+            ``(n,)`` ids in the index.
+        metadata:
+            One dict applied to every id, or ``n`` dicts (None: leave that item as it is).
+        merge:
+            True: each dict updates the stored one key by key (a None value removes the key).
+            False: each dict replaces the stored metadata.
+        """
+        self._writable()
+        ids_l, kind = as_ids(ids, n=None)
+        if isinstance(metadata, Mapping):
+            metadata = [dict(metadata)] * len(ids_l)
+        meta_l = as_metadata(metadata, n=len(ids_l))
+        assert meta_l is not None
+        schema = self.backend.payload_schema()
+        check_payload([{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
+                       for m in meta_l], schema)
+        self._require_known(ids_l)
+        self.backend.set_payload(ids_l, kind, labels=None, metadata=meta_l, merge=bool(merge))
+        return len(ids_l)
+
+    def set_labels(self, ids: Any, labels: Any) -> int:
+        """Replace the labels of existing items (ints or strings; None clears) in one transaction."""
+        self._writable()
+        ids_l, kind = as_ids(ids, n=None)
+        if labels is None or isinstance(labels, (str, int, np.integer)):
+            labels = [labels] * len(ids_l)
+        labels_l = as_labels(labels, n=len(ids_l))
+        self._require_known(ids_l)
+        self.backend.set_payload(ids_l, kind, labels=labels_l, metadata=None, merge=False)
+        return len(ids_l)
+
+    def create_payload_index(self, field: str, schema: str = "keyword") -> None:
+        """Declare a metadata field indexed (``schema``: keyword, integer, float or bool).
+
+        Filters on declared fields are evaluated from the index instead of every item's metadata,
+        and writes of another type to the field are refused.
+        """
+        self._writable()
+        field, schema = check_schema_name(field, schema)
+        self.backend.create_payload_index(field, schema)
+
+    @property
+    def payload_indexes(self) -> dict[str, str]:
+        """The declared payload indexes, ``{field: schema}``."""
+        self._check_open()
+        return dict(self.backend.payload_schema())
+
+    def retire_version(self, name: str) -> int:
+        """Drop every vector of a version no item depends on alone; returns how many were dropped.
+
+        Refused (``InvalidInputError`` with the count; nothing changes) while some item holds a
+        vector of no other version: backfill those items first. The version's record stays, so
+        queries of it still map onto its descendants; writes to it are refused.
+        """
+        self._writable()
+        v = self._lookup(name)
+        if v.retired:
+            raise InvalidInputError(f"`name`: version {v.name!r} is already retired")
+        return self.backend.retire(v)
+
     def get_vectors(self, ids: Any, *, version: str) -> np.ndarray:
         """``(n, d_version)`` float32 stored vectors of ``version`` for ``ids``."""
         self._check_open()
@@ -371,20 +584,26 @@ class Index:
 
     def fetch(self, version: str | None = None, *, ids: Any = None, limit: int | None = None,
               seed: int | None = None) -> ItemBatch:
-        """Items holding a vector of ``version``, with their vectors and labels.
+        """Items holding a vector of ``version``, with their vectors, labels and metadata.
 
-        ``ids`` picks items (each must hold the version); else every such item in insertion
-        order, or a random ``limit`` of them drawn with ``seed``.
+        ``version`` defaults to the pinned version, else the only version (required when the index
+        holds several). ``ids`` picks items (each must hold the version); else every such item in
+        insertion order, or a random ``limit`` of them drawn with ``seed``.
         """
         self._check_open()
         self.backend.refresh()
-        v = self._resolve(version)
+        v = self._resolve(version, call="fetch")
         if ids is not None:
             ids_l, _ = as_ids(ids, n=None)
             x = self.get_vectors(ids_l, version=v.name)
-            return ItemBatch(list(ids_l), x, self.backend.labels(ids_l), v.name)
+            labels, meta = self.backend.payload(ids_l)
+            return ItemBatch(list(ids_l), x, labels, v.name, meta)
         limit, rng = as_sample(limit, seed)
-        return self.backend.sample(v, limit, rng, seeded=seed is not None)
+        batch = self.backend.sample(v, limit, rng, seeded=seed is not None)
+        if batch.metadata is None:
+            meta = self.backend.payload(batch.ids)[1] if batch.ids else []
+            batch = ItemBatch(batch.ids, batch.vectors, batch.labels, batch.version, meta)
+        return batch
 
     def has(self, ids: Any) -> np.ndarray:
         """``(n,)`` bool: which ids are in the index."""
@@ -398,11 +617,16 @@ class Index:
         self._check_open()
         return self.backend.count()
 
-    def stats(self) -> dict[str, Any]:
-        """Counts per version, coverage of the gallery, disk use and shard state."""
+    def stats(self) -> IndexStats:
+        """Counts per version, coverage of the gallery, disk use, shard state and payload indexes
+        (typed as :class:`compatindex.core.datatypes.IndexStats`)."""
         self._check_open()
         self.backend.refresh(force=True)
-        return self.backend.stats()
+        out = dict(self.backend.stats())
+        out["payload_indexes"] = dict(self.backend.payload_schema())
+        for name, entry in out.get("versions", {}).items():
+            entry["retired"] = self._versions[name].retired if name in self._versions else False
+        return cast(IndexStats, out)
 
     def verify(self) -> list[str]:
         """Check the stored data against itself and the search structures; returns the problems found."""
@@ -412,7 +636,8 @@ class Index:
 
     # -- migration-time serving ---------------------------------------------------------------
     def set_serving(self, version: str, *, fusion: Mapping[str, float] | None = None,
-                    calibration: Sequence[tuple[str, str, float, float]] | None = None) -> Version:
+                    calibration: Sequence[tuple[str, str, float, float]] | None = None,
+                    query_maps: Mapping[str, Any] | None = None) -> Version:
         """Store serving parameters with ``version`` (what :meth:`fit_serving` and ``calibrate`` do).
 
         Parameters
@@ -422,7 +647,13 @@ class Index:
         calibration:
             ``(query version, gallery version, a, b)`` rows, ``a > 0``: the ``calibrated`` score
             convention maps that pair's scores ``s`` to ``a * s + b``.
-        None keeps what is stored.
+        query_maps:
+            ``{ancestor: (d_version, d_ancestor) matrix W}``: queries of that ancestor meet this
+            version's vectors as ``normalize(W q)`` instead of the algebra's projection
+            (core/query_maps.py; what :meth:`fit_serving` and ``calibrate`` fit). The mapping
+            replaces every stored map of ``version``; ``{}`` removes them all, an ancestor given
+            None is removed. A value may also be a stored entry (``version.serving["query_maps"][a]``).
+        None keeps what is stored. Everything is checked before anything is written.
         """
         self._writable()
         v = self._lookup(version)
@@ -448,12 +679,28 @@ class Index:
                     raise InvalidInputError(f"`calibration` row {row!r}: a must be finite and > 0, b finite")
                 rows.append([str(i), str(u), a, b])
             serving["calibration"] = rows
+        if query_maps is not None:
+            if not isinstance(query_maps, Mapping):
+                raise InvalidInputError(f"`query_maps` must be a mapping {{ancestor version: (d_u, d_a) matrix}}; "
+                                        f"got {type(query_maps).__name__}")
+            packed: dict[str, Any] = {}
+            for anc_name, W in query_maps.items():
+                if W is None:
+                    continue
+                anc = self._lookup(anc_name, param="query_maps")
+                M = check_query_map(self._versions, anc.name, v.name, W, param=f"query_maps[{anc.name!r}]")
+                fit = W.get("fit") if isinstance(W, Mapping) else None
+                packed[anc.name] = pack_map(M, fit)
+            if packed:
+                serving["query_maps"] = packed
+            else:
+                serving.pop("query_maps", None)
         self.backend.set_serving(v.name, serving)
         return self._versions[v.name]
 
     def fit_serving(self, version: str, vectors: Any, ids: Any = None, *, old_vectors: Any = None,
-                    against: str | None = None, labels: Any = None, raw: bool = False,
-                    fusion: bool = True) -> dict[str, Any]:
+                    against: str | None = None, labels: Any = None, raw: bool | None = None,
+                    fusion: bool = True, query_map: bool = True) -> dict[str, Any]:
         """Fit and store the serving parameters of ``version`` from held-out pairs.
 
         Parameters
@@ -472,13 +719,27 @@ class Index:
             The old version (default: ``version``'s parent).
         labels:
             Optional ``(n,)`` labels; fusion then maximizes same-label retrieval.
+        raw:
+            ``vectors`` are raw encoder outputs (True) or version-space vectors (False); required
+            when ``version``'s raw transform is not the identity (``old_vectors`` are always
+            version-space vectors of ``against``).
         fusion:
             Also choose fusion weights (else only the calibration is fit).
+        query_map:
+            Also fit the query map from ``against`` into ``version`` (when ``against`` is an
+            ancestor): it is stored only when, on a held-out fifth of the pairs, mapped old
+            vectors find their own new vector better than the projection does (MRR higher,
+            recall@1 not lower; core/query_maps.py). The calibration of (``against``, ``version``) is
+            then fit on the mapped scores, onto the (``against``, ``against``) scale: the old
+            scores the mapped ones predict (``core.calibration.fit_mapped_calibration``), so an old
+            client's backfilled items rank where their old vectors would have.
 
         Returns
         -------
         dict
-            ``{"calibration": {pair: fit}, "fusion": fit or None}`` (see :mod:`compatindex.core.calibration`).
+            ``{"calibration": {pair: fit}, "fusion": fit or None, "query_map": fit or None}`` (see
+            :mod:`compatindex.core.calibration` and :func:`compatindex.core.query_maps.fit_query_map`:
+            ``stored``, ``reason``, held-out ``mapped`` and ``projection`` MRR and R@1).
         """
         self._writable()
         v = self._lookup(version)
@@ -487,7 +748,7 @@ class Index:
             raise InvalidInputError(f"`against` must be another version than {v.name!r}")
         if (ids is None) == (old_vectors is None):
             raise InvalidInputError("give exactly one of `ids` (stored items) and `old_vectors` (the pairs' other half)")
-        Z = self._prepare(vectors, v, raw=raw, param="vectors")
+        Z = self._prepare(vectors, v, raw=self._raw(v, raw, call="fit_serving"), param="vectors")
         if ids is not None:
             ids_l, _ = as_ids(ids, n=len(Z))
             G = self.get_vectors(ids_l, version=old.name)
@@ -495,12 +756,17 @@ class Index:
             G = self._prepare(old_vectors, old, raw=False, param="old_vectors")
             if len(G) != len(Z):
                 raise InvalidInputError(f"`old_vectors` holds {len(G)} rows, `vectors` {len(Z)}; they must pair up")
-        return self._fit_and_store(v, old, Z, G, labels=as_labels(labels, n=len(Z)), fusion=fusion)
+        return self._fit_and_store(v, old, Z, G, labels=as_labels(labels, n=len(Z)), fusion=fusion,
+                                   query_map=query_map)
 
-    def calibrate(self, version: str, *, against: str | None = None, limit: int = 2000, seed: int = 0) -> dict[str, Any]:
-        """Refit the calibration of ``version`` from items that hold vectors of both it and ``against``.
+    def calibrate(self, version: str, *, against: str | None = None, limit: int = 2000, seed: int = 0,
+                  query_map: bool = True) -> dict[str, Any]:
+        """Refit the calibration (and the query map) of ``version`` from items that hold vectors of both it and ``against``.
 
-        After any partial backfill those items are exact pairs. Stored fusion weights are kept.
+        After any partial backfill those items are exact pairs. Stored fusion weights are kept. The
+        query map from ``against`` is refit first (``query_map=False`` skips it) and replaces the
+        stored one only when it passes the held-out gate and beats the stored map on the same
+        held-out pairs; the calibration is then fit on the scores the search will serve.
         """
         self._writable()
         v = self._lookup(version)
@@ -519,17 +785,38 @@ class Index:
             pick = np.sort(np.random.default_rng(seed).choice(pick, size=limit, replace=False))
         ids_l = [both.ids[i] for i in pick.tolist()]
         G = self.get_vectors(ids_l, version=old.name)
-        return self._fit_and_store(v, old, both.vectors[pick], G, labels=None, fusion=False)
+        return self._fit_and_store(v, old, both.vectors[pick], G, labels=None, fusion=False, query_map=query_map)
 
     def _fit_and_store(self, v: Version, old: Version, Z: np.ndarray, G: np.ndarray, *, labels: list[Any] | None,
-                       fusion: bool) -> dict[str, Any]:
+                       fusion: bool, query_map: bool = True) -> dict[str, Any]:
         vs = self._versions
         Z = np.asarray(Z, dtype=np.float64)
         G = np.asarray(G, dtype=np.float64)
+        maps = query_map_table(vs)
+        map_fit: dict[str, Any] | None = None
+        new_maps: dict[str, Any] | None = None
+        if query_map:
+            if old.name in V.lineage(vs, v.name):
+                # the map first: the calibration of (old, v) is fit on the scores it serves
+                map_fit = fit_query_map(vs, old.name, v.name, G, Z, stored=maps.get((old.name, v.name)))
+                W = map_fit.pop("W")
+                if W is not None:
+                    maps[(old.name, v.name)] = W
+                    new_maps = dict((v.serving or {}).get("query_maps") or {})
+                    new_maps[old.name] = pack_map(W, fit_summary(map_fit))
+            else:
+                map_fit = {"stored": False, "from": old.name, "to": v.name,
+                           "reason": f"{old.name!r} is not an ancestor of {v.name!r}; query maps go from an ancestor "
+                                     "into a version"}
         rel = relevance(G, Z, labels, neighbours=10)
         vecs = {v.name: Z, old.name: G}
-        fits = {f"{i}->{u}": fit_calibration(vs, i, u, vecs[i], vecs[u], rel)
+        fits = {f"{i}->{u}": fit_calibration(vs, i, u, vecs[i], vecs[u], rel, query_maps=maps)
                 for i in (v.name, old.name) for u in (v.name, old.name)}
+        # with a query map, (old, v) goes onto the (old, old) scale through the old scores it predicts
+        base = fits[f"{old.name}->{old.name}"]
+        mapped = fit_mapped_calibration(vs, old.name, v.name, G, Z, (base["a"], base["b"]), maps)
+        if mapped is not None:
+            fits[f"{old.name}->{v.name}"] = mapped
         rows = [(i, u, fits[f"{i}->{u}"]["a"], fits[f"{i}->{u}"]["b"])
                 for i in (v.name, old.name) for u in (v.name, old.name)]
         fresh = {(i, u) for i, u, _, _ in rows}
@@ -538,10 +825,10 @@ class Index:
         fused = None
         if fusion:
             table = {(a, b): (x, y) for a, b, x, y in calibration}
-            fused = fit_fusion(vs, v.name, old.name, Z, G, labels=labels, calibration=table)
+            fused = fit_fusion(vs, v.name, old.name, Z, G, labels=labels, calibration=table, query_maps=maps)
         self.set_serving(v.name, calibration=calibration,
-                         fusion=None if fused is None else fused["fusion"])
-        return {"calibration": fits, "fusion": fused}
+                         fusion=None if fused is None else fused["fusion"], query_maps=new_maps)
+        return {"calibration": fits, "fusion": fused, "query_map": map_fit}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _maintenance(self, name: str) -> Any:
@@ -612,10 +899,48 @@ class Index:
             self.backend.refresh(force=True)  # registered meanwhile by another process or client?
         return V.get(self._versions, name, param=param)
 
-    def _resolve(self, version: str | None) -> Version:
-        if version is None:
-            return self.latest
-        return self._lookup(version)
+    def _live(self, v: Version, what: str) -> None:
+        if v.retired:
+            raise InvalidInputError(f"`version` {v.name!r} is retired (its vectors were dropped); cannot {what} it",
+                                    hint="write to one of its descendants instead")
+
+    def _version_listing(self) -> str:
+        names = [v.name for v in self.versions()]
+        if not names:
+            return "this index has no version yet"
+        return "this index holds version" + ("s " if len(names) > 1 else " ") + ", ".join(repr(n) for n in names)
+
+    def _resolve(self, version: str | None, *, call: str = "this call") -> Version:
+        """``version``, else the pinned version, else the only version; several and none pinned: an error."""
+        if version is not None:
+            return self._lookup(version)
+        if self._pinned is not None:
+            return self._lookup(self._pinned)
+        vs = self.versions()
+        if not vs:
+            raise V.UnknownVersionError("the index has no version yet", hint="create one with create_version(name, dim)")
+        if len(vs) == 1:
+            return vs[0]
+        raise VersionRequiredError(
+            f"`{call}` needs `version`: {self._version_listing()}; pass version={vs[-1].name!r} "
+            "(or pin one: compatindex.open(path, version=...))",
+            hint="an index of several versions never guesses which space vectors or queries belong to",
+        )
+
+    def _raw(self, v: Version, raw: bool | None, *, call: str, param: str = "raw") -> bool:
+        """``raw`` as said; None is False for an identity version and an error otherwise."""
+        if raw is not None:
+            return bool(raw)
+        what = V.raw_transform(v)
+        if not what:
+            return False
+        where = "" if param == "raw" else f" (for {param})"
+        raise RawRequiredError(
+            f"`{call}` needs `raw`{where}: version {v.name!r} maps encoder outputs into its space with "
+            f"{' and '.join(what)}; pass raw=True (encoder outputs, mapped by the version's head and Q) "
+            "or raw=False (vectors already in version space)",
+            hint="",
+        )
 
     def _require_known(self, ids: list[Any]) -> None:
         err = unknown_ids(ids, self.backend.known(ids))

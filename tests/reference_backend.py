@@ -14,9 +14,10 @@ import numpy as np
 
 from compatindex.backend import ShardHits, ShardQuery
 from compatindex.core.datatypes import ItemBatch, Version
+from compatindex.core.filters import check_payload, matches
 from compatindex.core.records import version_from_record
 from compatindex.core.validate import check_id_kind, duplicate_ids, sample_rows, unknown_ids
-from compatindex.errors import VersionExistsError
+from compatindex.errors import InvalidInputError, VersionExistsError
 
 
 class DictBackend:
@@ -29,6 +30,7 @@ class DictBackend:
         self.items: dict[Any, dict[str, Any]] = {}  # insertion-ordered
         self.kind: str | None = None
         self.seq = 0
+        self.schema: dict[str, str] = {}
 
     def versions(self) -> Mapping[str, Version]:
         return self._versions
@@ -85,12 +87,13 @@ class DictBackend:
         self.seq += 1
         return len(ids)
 
-    def search(self, queries: Sequence[ShardQuery], k: int) -> ShardHits:
+    def search(self, queries: Sequence[ShardQuery], k: int, *, where=None) -> ShardHits:
         table = list(self.items)
         scores, keys = [], []
         for s in queries:
             rows = [n for n, i in enumerate(table) if s.version in self.items[i]["vecs"]
-                    and not any(u in self.items[i]["vecs"] for u in s.shadowing)]
+                    and not any(u in self.items[i]["vecs"] for u in s.shadowing)
+                    and matches(where, self.items[i]["label"], self.items[i]["meta"])]
             nq = len(s.queries)
             D = np.full((nq, k), -np.inf, dtype=np.float32)
             K = np.full((nq, k), -1, dtype=np.int64)
@@ -120,13 +123,67 @@ class DictBackend:
     def labels(self, ids):
         return [self.items[i]["label"] for i in ids]
 
+    def payload(self, ids):
+        return [self.items[i]["label"] for i in ids], [self.items[i]["meta"] for i in ids]
+
+    def held(self, ids):
+        order = sorted(self._versions.values(), key=lambda v: v.code)
+        return [tuple(v.name for v in order if v.name in self.items[i]["vecs"]) for i in ids]
+
+    def list_items(self, offset, limit, where):
+        hits = [i for i, it in self.items.items() if matches(where, it["label"], it["meta"])]
+        page = hits[offset:offset + limit]
+        return page, (offset + limit if offset + limit < len(hits) else -1)
+
+    def set_payload(self, ids, id_kind, *, labels, metadata, merge) -> int:
+        self._kind(id_kind)
+        self._known(ids)
+        if metadata is not None:
+            new = []
+            for i, m in zip(ids, metadata):
+                old = self.items[i]["meta"]
+                if m is None:
+                    new.append(old)
+                elif merge:
+                    d = dict(old or {})
+                    d.update(m)
+                    new.append({a: b for a, b in d.items() if b is not None} or None)
+                else:
+                    new.append(dict(m))
+            check_payload(new, self.schema)
+            for i, m in zip(ids, new):
+                self.items[i]["meta"] = m
+        if labels is not None:
+            for i, lab in zip(ids, labels):
+                self.items[i]["label"] = lab
+        self.seq += 1
+        return self.seq
+
+    def create_payload_index(self, field, schema) -> None:
+        check_payload([it["meta"] for it in self.items.values()], {field: schema})
+        self.schema[field] = schema
+
+    def payload_schema(self):
+        return self.schema
+
+    def retire(self, version) -> int:
+        alone = sum(1 for it in self.items.values() if list(it["vecs"]) == [version.name])
+        if alone:
+            raise InvalidInputError(f"`version` {version.name!r}: {alone} items hold no vector of another version")
+        n = 0
+        for it in self.items.values():
+            n += it["vecs"].pop(version.name, None) is not None
+        self._versions[version.name] = dataclasses.replace(version, retired=True)
+        self.seq += 1
+        return n
+
     def sample(self, version, limit, rng, *, seeded=True) -> ItemBatch:
         ids = [i for i, it in self.items.items() if version.name in it["vecs"]]
         pick = sample_rows(len(ids), limit, rng)
         if pick is not None:
             ids = [ids[p] for p in pick.tolist()]
         x = np.stack([self.items[i]["vecs"][version.name] for i in ids]) if ids else np.zeros((0, version.dim), np.float32)
-        return ItemBatch(ids, x.astype(np.float32), self.labels(ids), version.name)
+        return ItemBatch(ids, x.astype(np.float32), self.labels(ids), version.name, self.payload(ids)[1])
 
     def count(self) -> int:
         return len(self.items)
@@ -134,8 +191,11 @@ class DictBackend:
     def stats(self) -> dict[str, Any]:
         n = len(self.items)
         held = {v: sum(v in it["vecs"] for it in self.items.values()) for v in self._versions}
-        return {"path": self.path, "backend": "dict", "items": n, "versions": {
-            v: {"vectors": c, "coverage": c / n if n else 0.0} for v, c in held.items()}}
+        return {"path": self.path, "backend": "dict", "items": n, "seq": self.seq, "id_kind": self.kind,
+                "disk_bytes": 0, "device": "cpu", "shard_spec": {"kind": "exact"}, "versions": {
+                    v: {"dim": self._versions[v].dim, "parent": self._versions[v].parent,
+                        "metric": self._versions[v].metric.value, "vectors": c, "coverage": c / n if n else 0.0,
+                        "shard": {"ntotal": c}} for v, c in held.items()}}
 
     def verify(self) -> list[str]:
         return [f"item {i!r} holds no vector" for i, it in self.items.items() if not it["vecs"]]

@@ -42,7 +42,7 @@ def test_search_through_the_protocol_equals_the_embedded_index_and_brute_force(t
     rng = np.random.default_rng(11)
     for qv, dim in DIMS.items():
         Q = rng.standard_normal((12, dim)).astype(np.float32)
-        a, b = ref.search(Q, k=12, version=qv, score=score), emb.search(Q, k=12, version=qv, score=score)
+        a, b = ref.search(Q, k=12, version=qv, score=score, raw=False), emb.search(Q, k=12, version=qv, score=score, raw=False)
         assert_same(a, bf.search(Q, 12, qv, score))
         assert_same(b, bf.search(Q, 12, qv, score))
         fin = np.isfinite(a.scores)
@@ -59,7 +59,7 @@ def test_reads_and_refusals_through_the_protocol(trio):
         with pytest.raises(DuplicateIdError, match="already in the index"):
             ix.add(["item1"], np.ones((1, 64)), version="v1")
         with pytest.raises(UnknownIdError, match="not in the index"):
-            ix.backfill(["nope"], np.ones((1, 80)), version="v2")
+            ix.backfill(["nope"], np.ones((1, 80)), version="v2", raw=False)
         with pytest.raises(UnknownVersionError, match="versions: v1, v2, v3, b2"):
             ix.search(np.ones((1, 64)), k=1, version="v9")
         assert ix.stats()["versions"]["v3"]["vectors"] == emb.stats()["versions"]["v3"]["vectors"]

@@ -27,18 +27,18 @@ def build_lineage(ix, bf, rng, *, metric="cosine"):
     for name, dim, lo in (("v2", 80, 400), ("v3", 96, 500), ("b2", 72, 560)):
         new = [f"item{i}" for i in range(lo, lo + 50)]
         X = rng.standard_normal((50, dim)).astype(np.float32)
-        ix.add(new, X, version=name)
+        ix.add(new, X, version=name, raw=False)
         bf.add(new, X, name)
     # partial backfills, one dropping old vectors
     bf_ids = ids[:120]
     X2 = rng.standard_normal((120, 80)).astype(np.float32)
-    ix.backfill(bf_ids, X2, version="v2")
+    ix.backfill(bf_ids, X2, version="v2", raw=False)
     bf.backfill(bf_ids, X2, "v2")
     X3 = rng.standard_normal((40, 96)).astype(np.float32)
-    ix.backfill(ids[60:100], X3, version="v3", drop_old=True)
+    ix.backfill(ids[60:100], X3, version="v3", drop_old=True, raw=False)
     bf.backfill(ids[60:100], X3, "v3", drop_old=True)
     Xb = rng.standard_normal((30, 72)).astype(np.float32)
-    ix.backfill(ids[200:230], Xb, version="b2")
+    ix.backfill(ids[200:230], Xb, version="b2", raw=False)
     bf.backfill(ids[200:230], Xb, "b2")
     gone = ids[::17] + ["item410", "item520"]
     ix.delete(gone)
@@ -64,7 +64,7 @@ def test_search_matches_brute_force(score, qv, rng):
         build_lineage(ix, bf, rng)
         dim = {"v1": 64, "v2": 80, "v3": 96, "b2": 72}[qv]
         Q = rng.standard_normal((25, dim)).astype(np.float32)
-        res = ix.search(Q, k=15, version=qv, score=score)
+        res = ix.search(Q, k=15, version=qv, score=score, raw=False)
         ref = bf.search(Q, 15, qv, score)
         assert_same(res, ref)
         # the version each hit matched through is the representative one
@@ -83,7 +83,7 @@ def test_ip_metric_keeps_norms(rng):
         build_lineage(ix, bf, rng, metric="ip")
         Q = rng.standard_normal((10, 80)).astype(np.float32)
         for score in ("pad", "renorm"):
-            assert_same(ix.search(Q, k=10, version="v2", score=score), bf.search(Q, 10, "v2", score))
+            assert_same(ix.search(Q, k=10, version="v2", score=score, raw=False), bf.search(Q, 10, "v2", score))
 
 
 def test_pad_and_renorm_rank_an_all_old_gallery_identically(rng):
@@ -92,8 +92,8 @@ def test_pad_and_renorm_rank_an_all_old_gallery_identically(rng):
         ix.register_version("v2", "v1", 48, extension=random_orthogonal(48, rng))
         ix.add(list(range(300)), rng.standard_normal((300, 32)), version="v1")
         Q = rng.standard_normal((20, 48))
-        a = ix.search(Q, k=10, version="v2", score="pad")
-        b = ix.search(Q, k=10, version="v2", score="renorm")
+        a = ix.search(Q, k=10, version="v2", score="pad", raw=False)
+        b = ix.search(Q, k=10, version="v2", score="renorm", raw=False)
         assert (a.ids == b.ids).all()
         assert not np.allclose(a.scores, b.scores)  # renorm rescales the cut query
 

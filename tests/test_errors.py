@@ -18,14 +18,14 @@ def ix(tmp_path, rng):
     ix.create_version("v1", dim=8)
     ix.register_version("v2", "v1", 12, extension=random_orthogonal(12, rng))
     ix.add(list(range(20)), rng.standard_normal((20, 8)), version="v1", labels=list(range(20)))
-    ix.backfill([0, 1], rng.standard_normal((2, 12)), version="v2")
+    ix.backfill([0, 1], rng.standard_normal((2, 12)), version="v2", raw=False)
     yield ix
     ix.close()
 
 
 def state(ix):
     q = np.ones((1, 12), np.float32)
-    r = ix.search(q, k=30, version="v2")
+    r = ix.search(q, k=30, version="v2", raw=False)
     st = ix.stats()
     return (st["seq"], st["items"], {k: v["vectors"] for k, v in st["versions"].items()},
             [v.name for v in ix.versions()], r.ids.tolist(), r.scores.tolist())
@@ -55,9 +55,9 @@ CASES = [
     ("k negative", lambda ix: ix.search(good, k=-3, version="v1"), E.InvalidInputError, "got -3"),
     ("k float", lambda ix: ix.search(good, k=2.5, version="v1"), E.InvalidInputError, "`k`"),
     ("bad score", lambda ix: ix.search(good, k=2, version="v1", score="max"), E.InvalidInputError, "'max'"),
-    ("query dim", lambda ix: ix.search(good, k=2, version="v2"), E.DimensionMismatchError, "dim 12 for version 'v2'; got 8"),
-    ("backfill unknown ids", lambda ix: ix.backfill([3, 999], np.ones((2, 12)), version="v2"), E.UnknownIdError, "999"),
-    ("backfill wrong dim", lambda ix: ix.backfill([3, 4], good, version="v2"), E.DimensionMismatchError, "dim 12"),
+    ("query dim", lambda ix: ix.search(good, k=2, version="v2", raw=False), E.DimensionMismatchError, "dim 12 for version 'v2'; got 8"),
+    ("backfill unknown ids", lambda ix: ix.backfill([3, 999], np.ones((2, 12)), version="v2", raw=False), E.UnknownIdError, "999"),
+    ("backfill wrong dim", lambda ix: ix.backfill([3, 4], good, version="v2", raw=False), E.DimensionMismatchError, "dim 12"),
     ("delete unknown", lambda ix: ix.delete([3, 12345]), E.UnknownIdError, "12345"),
     ("non-orthogonal Q", lambda ix: ix.register_version("v3", "v2", 12, extension=np.ones((12, 12))), E.NotOrthogonalError, "not orthogonal"),
     ("mis-shaped Q", lambda ix: ix.register_version("v3", "v2", 12, extension=np.eye(11)), E.NotOrthogonalError, "(11, 11)"),

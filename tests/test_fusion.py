@@ -81,11 +81,11 @@ def test_fused_search_equals_brute_force_on_every_backend(tmp_path, score):
             for names, w in ((("v3", "v1"), {"v3": 0.7, "v1": 0.3}), (("b2", "v2", "v3"), {"b2": 0.5, "v2": 0.2, "v3": 0.3}),
                              (("v1", "v3"), {"v1": 1.0, "v3": 0.0})):
                 Qs = {n: rng.standard_normal((8, DIMS[n])).astype(np.float32) for n in names}
-                res = ix.search(Qs, k=12, score=score, fusion=w)
+                res = ix.search(Qs, k=12, score=score, fusion=w, raw=False)
                 assert_fused_same(res, brute_fused(bf, Qs, w, cal, 12, score))
             # one version alone under `calibrated` is the same formula with weight 1
             Q = rng.standard_normal((6, 96)).astype(np.float32)
-            assert_fused_same(ix.search(Q, k=10, version="v3", score=score),
+            assert_fused_same(ix.search(Q, k=10, version="v3", score=score, raw=False),
                               brute_fused(bf, {"v3": Q}, {"v3": 1.0}, cal, 10, score))
 
 

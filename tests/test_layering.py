@@ -148,6 +148,8 @@ ALLOWED = {
     "compatindex.qdrant": {"compatindex.core", "compatindex.errors", "compatindex.backend", "compatindex.qdrant",
                            "compatindex.index", "compatindex.embedded"},
     "compatindex.evaluation": set(),
+    # writes an open Index to .npy/.parquet through its public API only
+    "compatindex.file_export": {"compatindex.core", "compatindex.errors", "compatindex.index"},
     "compatindex.trainer": {"compatindex.core", "compatindex.errors", "compatindex.evaluation", "compatindex.trainer"},
 }
 

@@ -17,13 +17,13 @@ def fill(path, rng, n=500):
     ix.create_version("v1", dim=32)
     ix.register_version("v2", "v1", 40, extension=random_orthogonal(40, rng))
     ix.add(list(range(n)), rng.standard_normal((n, 32)), version="v1", labels=[i % 7 for i in range(n)])
-    ix.backfill(list(range(0, n, 3)), rng.standard_normal((len(range(0, n, 3)), 40)), version="v2")
+    ix.backfill(list(range(0, n, 3)), rng.standard_normal((len(range(0, n, 3)), 40)), version="v2", raw=False)
     ix.delete([1, 2, 4])
     return ix
 
 
 def snapshot(ix, Q):
-    r = ix.search(Q, k=20, version="v2")
+    r = ix.search(Q, k=20, version="v2", raw=False)
     return r.ids.tolist(), r.scores.copy(), r.versions.tolist()
 
 
@@ -94,9 +94,9 @@ def test_lagging_shard_replays_the_store_tail(tmp_path, rng):
     ix.flush()
     saved = tmp_path / "old_shards"
     shutil.copytree(path / "shards", saved)
-    ix.add([1000, 1001], rng.standard_normal((2, 40)), version="v2")
+    ix.add([1000, 1001], rng.standard_normal((2, 40)), version="v2", raw=False)
     ix.delete([0, 3])
-    ix.backfill([5], rng.standard_normal((1, 40)), version="v2", drop_old=True)
+    ix.backfill([5], rng.standard_normal((1, 40)), version="v2", drop_old=True, raw=False)
     Q = rng.standard_normal((10, 40)).astype(np.float32)
     before = snapshot(ix, Q)
     ix.close()

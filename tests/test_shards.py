@@ -21,7 +21,7 @@ def fill(ix, bf, rng, n=1500):
     ix.add(list(range(n)), X, version="v1")
     bf.add(list(range(n)), X, "v1")
     Y = rng.standard_normal((n // 3, 24)).astype(np.float32)
-    ix.backfill(list(range(n // 3)), Y, version="v2")
+    ix.backfill(list(range(n // 3)), Y, version="v2", raw=False)
     bf.backfill(list(range(n // 3)), Y, "v2")
     gone = list(range(0, n, 11))
     ix.delete(gone)
@@ -45,7 +45,7 @@ def test_approximate_shards(tmp_path, rng, spec, min_recall):
     fill(ix, bf, rng)
     Q = rng.standard_normal((40, 24)).astype(np.float32)
     ref = bf.search(Q, 10, "v2")
-    res = ix.search(Q, k=10, version="v2")
+    res = ix.search(Q, k=10, version="v2", raw=False)
     assert recall(res, ref[0]) >= min_recall
     for row in res.ids:  # one hit per item, deleted items never come back
         real = [x for x in row if x is not None]
@@ -56,7 +56,7 @@ def test_approximate_shards(tmp_path, rng, spec, min_recall):
     with compatindex.open(path) as again:  # persisted with its spec, loaded not rebuilt
         assert again.backend.shards.spec == ShardSpec.parse(spec)
         assert again.backend.shards.events == []
-        assert recall(again.search(Q, k=10, version="v2"), ref[0]) >= min_recall
+        assert recall(again.search(Q, k=10, version="v2", raw=False), ref[0]) >= min_recall
 
 
 def test_ivf_stays_exact_before_training(mem_index, rng):
@@ -92,8 +92,8 @@ def test_torch_backend_matches_faiss(rng, device):
         fill(ix, BruteForce(), np.random.default_rng(5), n=600)
     Q = rng.standard_normal((20, 24)).astype(np.float32)
     for score in ("pad", "renorm"):
-        a = cpu.search(Q, k=10, version="v2", score=score)
-        b = tor.search(Q, k=10, version="v2", score=score)
+        a = cpu.search(Q, k=10, version="v2", score=score, raw=False)
+        b = tor.search(Q, k=10, version="v2", score=score, raw=False)
         atol = 1e-5 if device == "torch" else 5e-3
         np.testing.assert_allclose(a.scores, b.scores, atol=atol)
         if device == "torch":
@@ -124,7 +124,7 @@ def test_gpu_backend_matches_cpu(rng):
     for ix in (cpu, gpu):
         fill(ix, BruteForce(), np.random.default_rng(5), n=3000)
     Q = rng.standard_normal((50, 24)).astype(np.float32)
-    a, b = cpu.search(Q, k=10, version="v2"), gpu.search(Q, k=10, version="v2")
+    a, b = cpu.search(Q, k=10, version="v2", raw=False), gpu.search(Q, k=10, version="v2", raw=False)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
 
 

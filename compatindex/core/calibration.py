@@ -21,18 +21,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from . import versions as V
 from .datatypes import Version
 from .fusion import compose
+from .query_maps import QueryMaps, project_or_map
 from .scoring import Score
 
 FUSION_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 """Candidate weights of the new version (the old version gets ``1 - w``)."""
 
 
-def _project(versions: Mapping[str, Version], q: np.ndarray, i: str, u: str) -> np.ndarray:
-    cut = V.shared_dim(versions, i, u)
-    return V.project_query(q.astype(np.float32), cut=cut, target_dim=versions[u].dim, score=Score.PAD).astype(np.float64)
+def _project(versions: Mapping[str, Version], q: np.ndarray, i: str, u: str,
+             query_maps: QueryMaps | None = None) -> np.ndarray:
+    """The served query term of version ``i`` on ``u`` (the stored query map, else the ``pad`` projection)."""
+    return project_or_map(versions, q.astype(np.float32), i, u, query_maps, score=Score.PAD).astype(np.float64)
 
 
 def _check_pairs(Gi: np.ndarray, Gu: np.ndarray, di: int, du: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +98,7 @@ def _logistic(s: np.ndarray, y: np.ndarray, *, steps: int = 50, ridge: float = 1
 
 
 def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndarray, Gu: np.ndarray,
-                    rel: np.ndarray) -> dict[str, Any]:
+                    rel: np.ndarray, *, query_maps: QueryMaps | None = None) -> dict[str, Any]:
     """Fit ``(a, b)`` for (query version ``i``, gallery version ``u``) on items holding both.
 
     The calibrated score is the log-odds that the stored item is relevant to the query,
@@ -118,6 +119,9 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndar
         ``n`` items (as stored: normalized as the metric says).
     rel:
         ``(n, n)`` bool relevance of item ``y`` to query item ``x`` (see :func:`relevance`).
+    query_maps:
+        The query maps the served search will use: when ``(i, u)`` has one, the calibration is
+        fit on the mapped scores (what the search will calibrate).
 
     Returns
     -------
@@ -128,7 +132,7 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndar
     """
     Qi, Gu = _check_pairs(Qi, Gu, versions[i].dim, versions[u].dim)
     n = len(Qi)
-    S = _project(versions, Qi, i, u) @ Gu.T    # (n, n) the queries of version i against version u's vectors
+    S = _project(versions, Qi, i, u, query_maps) @ Gu.T    # (n, n) the queries of version i against version u's vectors
     off = ~np.eye(n, dtype=bool)
     a, b, ok = _logistic(S[off], rel[off].astype(np.float64))
     fallback = not (ok and np.isfinite(a) and np.isfinite(b) and a > 1e-9)
@@ -136,6 +140,47 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndar
         a, b = 1.0, 0.0
     return {"a": float(a), "b": float(b), "queries": int(n), "positives": int(rel[off].sum()),
             "fallback": bool(fallback)}
+
+
+def fit_mapped_calibration(versions: Mapping[str, Version], a: str, u: str, Ga: np.ndarray, Gu: np.ndarray,
+                           base: tuple[float, float], query_maps: QueryMaps) -> dict[str, Any] | None:
+    """Calibrate the mapped scores of (ancestor ``a``, version ``u``) onto the scale of (``a``, ``a``).
+
+    With a query map stored, a query of ``a`` scores ``u``'s vectors ``s_map = <normalize(W q), g_u>``
+    where it scored the item's own ``a`` vector ``s_aa = <q, g_a>`` before the backfill. The
+    map is fit by least squares, ``s_aa ~ alpha * s_map + beta`` over every (query item, other
+    item) pair of the sample (the old score the mapped score predicts), then composed with the
+    ``(a, a)`` calibration ``base`` = ``(a_aa, b_aa)``: ``(a_aa * alpha, a_aa * beta + b_aa)``. A
+    backfilled item then ranks where its old vector would have, as well as the map predicts it,
+    so an old client's merged list of old and backfilled items stays close to old/old. Returns
+    None (use the logistic fit) without a map for the pair, or when the slope is not positive.
+
+    Parameters
+    ----------
+    Ga, Gu:
+        ``(n, d_a)`` and ``(n, d_u)`` vectors of the same ``n`` items (as stored).
+    base:
+        The ``(a, b)`` calibration of (``a``, ``a``).
+    """
+    if (a, u) not in query_maps:
+        return None
+    Ga, Gu = _check_pairs(Ga, Gu, versions[a].dim, versions[u].dim)
+    n = len(Ga)
+    s_map = _project(versions, Ga, a, u, query_maps) @ Gu.T
+    s_old = Ga @ Ga.T
+    off = ~np.eye(n, dtype=bool)
+    x, y = s_map[off], s_old[off]
+    vx = float(x.var())
+    if not (np.isfinite(vx) and vx > 0):
+        return None
+    alpha = float(((x - x.mean()) * (y - y.mean())).mean() / vx)
+    beta = float(y.mean() - alpha * x.mean())
+    if not (np.isfinite(alpha) and np.isfinite(beta) and alpha > 1e-9):
+        return None
+    a0, b0 = base
+    return {"a": float(a0 * alpha), "b": float(a0 * beta + b0), "queries": int(n), "positives": None,
+            "fallback": False, "method": "score-match", "alpha": alpha, "beta": beta,
+            "r": float(np.corrcoef(x, y)[0, 1])}
 
 
 def _average_precision(S: np.ndarray, rel: np.ndarray) -> np.ndarray:
@@ -150,7 +195,8 @@ def _average_precision(S: np.ndarray, rel: np.ndarray) -> np.ndarray:
 
 def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.ndarray, G_old: np.ndarray, *,
                labels: Sequence[Any] | None = None, calibration: Mapping[tuple[str, str], tuple[float, float]] | None = None,
-               score: Score = Score.CALIBRATED, neighbours: int = 50, grid: Sequence[float] = FUSION_GRID) -> dict[str, Any]:
+               score: Score = Score.CALIBRATED, neighbours: int = 50, grid: Sequence[float] = FUSION_GRID,
+               query_maps: QueryMaps | None = None) -> dict[str, Any]:
     """Choose the weights of a query given in versions ``new`` and ``old`` on held-out sample items.
 
     Parameters
@@ -197,7 +243,7 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     ap: dict[float, np.ndarray] = {}
     p1: dict[float, np.ndarray] = {}
     for w in sorted({0.0, *map(float, grid)}):
-        plan = compose(versions, parts, [w, 1.0 - w], score, cal)
+        plan = compose(versions, parts, [w, 1.0 - w], score, cal, query_maps)
         q_old = next(qu for name, qu, _, _ in plan if name == old)  # the composed query on the old gallery
         S = q_old.astype(np.float64) @ G_old.T
         np.fill_diagonal(S, -np.inf)

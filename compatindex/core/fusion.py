@@ -6,7 +6,8 @@ served score is
 
     s(g) = sum_i w_i * (a_iu * <pi_iu(q_i), g> + b_iu)
 
-with ``pi_iu`` the query-side projection of the version algebra, ``a_iu > 0, b_iu`` the
+with ``pi_iu`` the query-side projection of the version algebra (or, when ``u`` stores a query
+map from ancestor ``i``, the mapped query ``normalize(W_iu q_i)``: core/query_maps.py), ``a_iu > 0, b_iu`` the
 calibration of (query version ``i``, gallery version ``u``) and ``w_i >= 0`` the fusion weights.
 Every term is linear in the queries, so each shard is searched once with the composed vector
 ``sum_i w_i a_iu pi_iu(q_i)`` and the constant ``sum_i w_i b_iu`` is added to its scores: exact
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from . import versions as V
 from .datatypes import Version
+from .query_maps import QueryMaps, apply_map
 from .scoring import Score
 
 Calibration = dict[tuple[str, str], tuple[float, float]]
@@ -78,7 +80,8 @@ def as_weights(fusion: Any, names: Sequence[str], *, param: str = "fusion") -> l
 
 
 def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.ndarray]], weights: Sequence[float],
-            score: Score, calibration: Calibration) -> list[tuple[str, np.ndarray, tuple[str, ...], float]]:
+            score: Score, calibration: Calibration,
+            query_maps: QueryMaps | None = None) -> list[tuple[str, np.ndarray, tuple[str, ...], float]]:
     """The per-version searches of a (possibly multi-version) query, in the primary's preference order.
 
     Parameters
@@ -94,6 +97,10 @@ def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.n
         ``pad`` or ``renorm`` projection; ``calibrated`` projects like ``pad`` and applies ``calibration``.
     calibration:
         ``(query version, gallery version) -> (a, b)``; missing pairs are the identity.
+    query_maps:
+        ``(query version, gallery version) -> (d_u, d_i) W`` (:func:`.query_maps.query_map_table`):
+        a pair with a map uses ``normalize(W q)`` (``ip``: rescaled to the query's norm) instead of
+        the projection, under every score convention; calibration still applies on top.
 
     Returns
     -------
@@ -111,8 +118,12 @@ def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.n
             if w == 0.0:
                 continue
             a, b = calibration.get((qv.name, name), (1.0, 0.0)) if score is Score.CALIBRATED else (1.0, 0.0)
+            W = query_maps.get((qv.name, name)) if query_maps else None
             cut = V.shared_dim(versions, qv.name, name)
-            qu = q if (cut == qv.dim == u.dim) else V.project_query(q, cut=cut, target_dim=u.dim, score=project)
+            if W is not None:
+                qu = apply_map(q, W, u.metric)
+            else:
+                qu = q if (cut == qv.dim == u.dim) else V.project_query(q, cut=cut, target_dim=u.dim, score=project)
             scale = w * a
             term = qu if scale == 1.0 else qu * np.float32(scale)
             acc = term if acc is None else acc + term

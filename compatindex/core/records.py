@@ -54,6 +54,7 @@ def version_from_record(rec: Mapping[str, Any], *, where: str) -> Version:
             report=rec.get("report") or {}, config=rec.get("config") or {}, serving=rec.get("serving") or {},
             code=rec["code"],
             created_seq=rec.get("created_seq", 0), created_at=rec.get("created_at", 0.0),
+            retired=bool(rec.get("retired", False)),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptIndexError(f"a version record in {where} is damaged ({type(exc).__name__}: {exc})") from None

@@ -127,6 +127,55 @@ def check_extension(extension: object, *, dim: int, param: str = "extension", to
     return Q
 
 
+IDENTITY_TOL = 1e-7
+"""Largest ``|Q - I|`` entry of an extension still taken as the identity (a stored identity is exact)."""
+
+
+def raw_transform(version: Version) -> list[str]:
+    """What maps raw encoder outputs of ``version`` into its space, beyond the identity.
+
+    Empty when the version has no head, its ``Q`` is None or the identity (to
+    :data:`IDENTITY_TOL`) and its ``raw_dim`` is its ``dim``.
+
+    Examples
+    --------
+    >>> from compatindex.core.scoring import Metric
+    >>> raw_transform(Version("a", 4, Metric.IP, raw_dim=4, extension=np.eye(4)))
+    []
+    >>> raw_transform(Version("b", 4, Metric.IP, raw_dim=3, extension=np.eye(4)[::-1]))
+    ['a non-identity Q', 'raw_dim 3 != dim 4']
+    """
+    out = []
+    if version.head is not None:
+        kind = version.head.get("kind") if isinstance(version.head, dict) else None
+        out.append(f"a {kind} head" if kind else "a head")
+    Q = version.extension
+    if Q is not None:
+        Q = np.asarray(Q, dtype=np.float64)
+        if Q.shape != (version.dim, version.dim) or float(np.abs(Q - np.eye(version.dim)).max()) > IDENTITY_TOL:
+            out.append("a non-identity Q")
+    raw_dim = version.raw_dim or version.dim
+    if raw_dim != version.dim:
+        out.append(f"raw_dim {raw_dim} != dim {version.dim}")
+    return out
+
+
+def raw_is_identity(version: Version) -> bool:
+    """Whether raw encoder outputs of ``version`` already are its version-space vectors.
+
+    Then ``raw=True`` and ``raw=False`` mean the same (:func:`raw_transform` is empty).
+
+    Examples
+    --------
+    >>> from compatindex.core.scoring import Metric
+    >>> raw_is_identity(Version("a", 4, Metric.IP, raw_dim=4))
+    True
+    >>> raw_is_identity(Version("b", 4, Metric.IP, raw_dim=4, extension=np.eye(4)[::-1]))
+    False
+    """
+    return not raw_transform(version)
+
+
 def to_version_space(version: Version, raw: np.ndarray) -> np.ndarray:
     """Map raw encoder outputs ``(n, raw_dim)`` into version space ``(n, dim)``: ``Q [head(h); 0]``."""
     h = raw

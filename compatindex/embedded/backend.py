@@ -24,11 +24,13 @@ import numpy as np
 
 from ..backend import ShardHits, ShardQuery
 from ..core.datatypes import ItemBatch, ItemId, Version
+from ..core.filters import Filter, check_payload, check_schema_name, values_of
 from ..core.records import version_from_record
 from ..core.validate import check_id_kind, sample_rows, unknown_ids
 from ..errors import (CorruptIndexError, FormatVersionError, InvalidInputError, NotAnIndexError, ReadOnlyError,
                       VersionExistsError)
 from .lock import WriterLock
+from .payload_index import PayloadIndex, check_columns
 from .rwlock import RWLock
 from .shards import ShardSet, ShardSpec
 from .shards.shard_set import resolve_device
@@ -88,6 +90,7 @@ class EmbeddedBackend:
         self._versions: dict[str, Version] = {}
         self._seen_seq = 0
         self._ext_cache: tuple[np.ndarray, np.ndarray] | None = None  # internal id -> int external id
+        self._payload = PayloadIndex()  # label and metadata columns for filters (derived, in memory)
         # Threads: searches share `_rw`; applying writes, syncing and saving shards hold it alone.
         # `_commit_lock` keeps one writer thread's commit and its shard update together, so shards
         # apply writes in sequence order.
@@ -123,6 +126,10 @@ class EmbeddedBackend:
             self.shards.open(self.store, self._dims())
             for event in self.shards.events:
                 log.info("%s: %s", self.path, event)
+            if not readonly:  # a retire cut short by a kill may leave its shard files behind
+                for v in self._versions.values():
+                    if v.retired:
+                        self.shards.drop_version(v.code, delete_files=True)
             if self.shards.events and not readonly and self._tmp is None:
                 # A shard was rebuilt or replayed (e.g. after a crash mid-flush): persist it now, so
                 # that a damaged file does not outlive the recovery (verify() checks the files).
@@ -201,7 +208,8 @@ class EmbeddedBackend:
         self._versions = {rec["name"]: version_from_record(rec, where=str(self.store.file)) for rec in records}
 
     def _dims(self) -> list[tuple[int, int]]:
-        return [(v.code, v.dim) for v in self._versions.values()]
+        """Codes and dims of the versions that have a shard (a retired version has none)."""
+        return [(v.code, v.dim) for v in self._versions.values() if not v.retired]
 
     # -- versions ----------------------------------------------------------------------------
     def versions(self) -> Mapping[str, Version]:
@@ -234,6 +242,7 @@ class EmbeddedBackend:
                 if record["code"] not in self.shards.shards:  # a refresh may have synced it meanwhile
                     self.shards.add_version(record["code"], record["dim"], seq)
                 self.shards.seq = max(self.shards.seq, seq)
+            self._payload.committed(seq)
 
     def set_serving(self, name: str, serving: dict[str, Any]) -> None:
         def fn(w: Writer) -> None:
@@ -247,21 +256,27 @@ class EmbeddedBackend:
         _, seq = self.store.write(fn)
         self._load_versions()
         self.shards.seq = max(self.shards.seq, seq)  # the op adds nothing to any shard
+        self._payload.committed(seq)
 
     # -- writes ------------------------------------------------------------------------------
     def add(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,
             labels: list[Any] | None, metadata: list[Any] | None) -> int:
+        self._live(version)
+
         def fn(w: Writer) -> tuple[np.ndarray, dict[str, Any]]:
             self._check_kind(w, id_kind)
+            if metadata is not None:
+                check_payload(metadata, w.meta("payload_schema") or {})  # the payload index stays typed
             iids = w.new_items(ids, labels, metadata)  # raises DuplicateIdError for existing ids
             w.put_vectors(version.code, iids, vectors, fresh=True)
             return iids, w.op
 
-        return self._commit(fn, version, vectors)
+        return self._commit(fn, version, vectors, labels=labels, metadata=metadata)
 
     def backfill(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,
                  *, drop_old: bool) -> int:
-        codes = [u.code for u in self._versions.values() if u.code != version.code]
+        self._live(version)
+        codes = [u.code for u in self._versions.values() if u.code != version.code and not u.retired]
 
         def fn(w: Writer) -> tuple[np.ndarray, dict[str, Any]]:
             self._check_kind(w, id_kind)
@@ -276,7 +291,7 @@ class EmbeddedBackend:
         return self._commit(fn, version, vectors)
 
     def delete(self, ids: list[ItemId], id_kind: str) -> int:
-        codes = [u.code for u in self._versions.values()]
+        codes = [u.code for u in self._versions.values() if not u.retired]
 
         def fn(w: Writer) -> tuple[np.ndarray, dict[str, Any]]:
             self._check_kind(w, id_kind)
@@ -290,15 +305,136 @@ class EmbeddedBackend:
             self._apply(seq, op, [])
         return len(iids)
 
-    def _commit(self, fn: Callable[[Writer], tuple[np.ndarray, dict[str, Any]]], version: Version,
-                vectors: np.ndarray) -> int:
+    # -- payload -----------------------------------------------------------------------------
+    def set_payload(self, ids: list[ItemId], id_kind: str, *, labels: list[Any] | None,
+                    metadata: list[dict[str, Any] | None] | None, merge: bool) -> int:
+        """Replace (or, ``merge``, update key by key) labels and metadata in one transaction.
+
+        ``UnknownIdError`` with nothing written when an id is absent; ``InvalidInputError`` (nothing
+        written) when a resulting value of an indexed field has another type. Other processes see the
+        change at their next ``refresh`` (the op log names the items: docs/on-disk-format.md)."""
+        out: dict[str, Any] = {}
+
+        def fn(w: Writer) -> tuple[np.ndarray, dict[str, Any]]:
+            self._check_kind(w, id_kind)
+            iids = w.lookup(ids)
+            self._require_known(ids, iids)
+            stored = w.set_payload(iids, labels, metadata, merge=merge)
+            if stored is not None:
+                check_payload(stored, w.meta("payload_schema") or {})
+            out["metadata"] = stored
+            return iids, w.op
+
         with self._commit_lock:
             (iids, op), seq = self.store.write(fn)
-            self._apply(seq, op, [(version.code, iids, vectors)])
+            self._apply(seq, op, [], iids=iids, labels=labels, metadata=out["metadata"])
         return seq
 
-    def _apply(self, seq: int, op: dict[str, Any], adds: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    def create_payload_index(self, field: str, schema: str) -> None:
+        """Declare ``field`` indexed as ``schema`` (durable: meta ``payload_schema``).
+
+        Reads every item's metadata once to check the stored values (``InvalidInputError`` naming the
+        first item whose value has another type; nothing changes). The writer builds the field's
+        in-memory column at once (another read of every item's metadata); readers build it on the
+        first filter that names the field."""
+        field, schema = check_schema_name(field, schema)
+        if self.readonly:
+            raise ReadOnlyError(f"index {self.path} is open read-only")
+
+        def fn(w: Writer) -> dict[str, str]:
+            cur = dict(w.meta("payload_schema") or {})
+            with w.txn.cursor(db=w.s.db["attrs"]) as c:
+                for k, raw in c:
+                    m = unpack(raw, what="metadata", where=self.store.file)
+                    try:
+                        check_payload([m], {field: schema})
+                    except InvalidInputError:
+                        iid = int.from_bytes(k, "big", signed=True)
+                        bad = [v for v in values_of(None, m, field)]
+                        ext = w.external([iid])[0]
+                        raise InvalidInputError(
+                            f"cannot index field {field!r} as {schema!r}: item {ext!r} holds "
+                            + ", ".join(f"{type(v).__name__} {v!r}" for v in bad[:3]),
+                            hint="fix the item's metadata with set_metadata, or pick the schema its values have") from None
+            cur[field] = schema
+            w.put_meta("payload_schema", cur)
+            return cur
+
+        with self._commit_lock:
+            _, seq = self.store.write(fn)
+            self._apply(seq, {}, [])
+            self._payload.build(self.store, {field}, len(self.shards.held))
+
+    def payload_state(self) -> dict[str, Any]:
+        """The payload index in memory: declared ``schema``, the ``columns`` built, the sequence
+        number they reflect, how many full ``builds`` ran and their ``memory_bytes``."""
+        return self._payload.describe()
+
+    def payload_schema(self) -> dict[str, str]:
+        with self.store.read() as r:
+            schema = r.meta("payload_schema") or {}
+        if not isinstance(schema, dict):
+            raise CorruptIndexError(f"damaged meta record 'payload_schema' in {self.store.file}")
+        return dict(schema)
+
+    def retire(self, version: Version) -> int:
+        """Drop every vector of ``version`` and its shard; mark the record ``retired`` (kept: the
+        version algebra still maps its queries). Refused, with nothing changed, when some item holds
+        no vector of another version. One transaction; the shard files go after it commits (a writer
+        opening after a kill in between deletes them)."""
+        if self.readonly:
+            raise ReadOnlyError(f"index {self.path} is open read-only")
+        v = self._versions.get(version.name, version)
+        if v.retired:
+            raise InvalidInputError(f"version {v.name!r} is already retired")
+        others = [u.code for u in self._versions.values() if u.code != v.code and not u.retired]
+
+        def fn(w: Writer) -> int:
+            mine = w.live_ids(v.code)
+            if len(mine):
+                held = [w.live_ids(c) for c in others]
+                orphans = np.setdiff1d(mine, np.concatenate(held)) if held else mine
+                if len(orphans):
+                    ext = w.external(orphans[:3].tolist())
+                    raise InvalidInputError(
+                        f"cannot retire version {v.name!r}: {len(orphans)} of its {len(mine)} items hold no "
+                        f"vector of another version (e.g. {', '.join(repr(x) for x in ext)})",
+                        hint="backfill them into another version, or delete them, first")
+            n = w.drop_version_vectors(v.code)
+            raw = w.txn.get(v.name.encode(), db=w.s.db["versions"])
+            if raw is None:
+                raise CorruptIndexError(f"version {v.name!r} has no record in {self.store.file}")
+            record = unpack(raw, what=f"version record {v.name!r}", where=self.store.file)
+            record["retired"] = True
+            w.put_version(record)
+            return n
+
+        with self._commit_lock:
+            n, seq = self.store.write(fn)
+            with self._rw.write():
+                self._load_versions()
+                self.shards.drop_version(v.code, delete_files=self._tmp is None)
+            self._apply(seq, {}, [])
+        return n
+
+    def _commit(self, fn: Callable[[Writer], tuple[np.ndarray, dict[str, Any]]], version: Version,
+                vectors: np.ndarray, *, labels: list[Any] | None = None, metadata: list[Any] | None = None) -> int:
+        with self._commit_lock:
+            (iids, op), seq = self.store.write(fn)
+            self._apply(seq, op, [(version.code, iids, vectors)], iids=iids, labels=labels, metadata=metadata)
+        return seq
+
+    def _live(self, version: Version) -> None:
+        v = self._versions.get(version.name, version)
+        if v.retired:
+            raise InvalidInputError(f"version {v.name!r} is retired: it takes no vectors",
+                                    hint="write to one of its descendants")
+
+    def _apply(self, seq: int, op: dict[str, Any], adds: list[tuple[int, np.ndarray, np.ndarray]], *,
+               iids: np.ndarray | None = None, labels: list[Any] | None = None,
+               metadata: list[Any] | None = None) -> None:
         removes = [(vc, np.frombuffer(b, dtype=">i8").astype(np.int64)) for vc, b in op.get("r", [])]
+        self._payload.committed(seq, iids, labels, metadata)
         with self._rw.write():
             try:
                 self.shards.apply(seq, removes, adds)
@@ -426,6 +562,7 @@ class EmbeddedBackend:
             self.store.reopen_env()
             self._load_versions()
             self.shards.reload(self.store, self._dims())
+            self._payload.reset()
 
     def _disk_usage(self) -> int:
         disk = 0
@@ -516,15 +653,22 @@ class EmbeddedBackend:
             raise err
 
     # -- reads -------------------------------------------------------------------------------
-    def search(self, queries: Sequence[ShardQuery], k: int) -> ShardHits:
+    def search(self, queries: Sequence[ShardQuery], k: int, *, where: Filter | None = None) -> ShardHits:
+        """Per-version top-``k``; ``where`` restricts every shard to the items it matches (a bool
+        mask over internal ids from the payload index, combined with each shard's represented items:
+        :mod:`compatindex.embedded.shards.filtered` picks gather-and-matmul, over-fetch or a selector)."""
         with self._rw.read():  # no write changes the shards under a search (docs/reliability.md)
             codes = {name: v.code for name, v in self._versions.items()}
             views = self._views(queries, codes)
+            match = None if where is None else self._payload.mask(where, self.store, len(self.shards.held))
             scores, keys = [], []
             for step, view in zip(queries, views):
                 vc = codes[step.version]
                 nq = len(step.queries)
-                D, I = self.shards.search(vc, step.queries, k, view)
+                if match is None:
+                    D, I = self.shards.search(vc, step.queries, k, view)
+                else:
+                    D, I = self.shards.search_where(vc, step.queries, k, view, match)
                 if D.shape[1] == 0:  # empty, or every item it holds is represented by another version
                     D = np.full((nq, k), -np.inf, dtype=np.float32)
                     I = np.full((nq, k), -1, dtype=np.int64)
@@ -609,6 +753,34 @@ class EmbeddedBackend:
         with self.store.read() as r:
             return r.labels(r.lookup(ids).tolist())
 
+    def payload(self, ids: list[ItemId]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+        with self.store.read() as r:
+            iids = r.lookup(ids).tolist()
+            return r.labels(iids), r.attrs(iids)
+
+    def held(self, ids: list[ItemId]) -> list[tuple[str, ...]]:
+        listed = sorted((v for v in self._versions.values() if not v.retired), key=lambda u: u.code)
+        with self.store.read() as r:
+            iids = r.lookup(ids).tolist()
+            has = [r.locate(v.code, iids)[0] >= 0 for v in listed]
+        return [tuple(v.name for v, h in zip(listed, has) if h[i]) for i in range(len(iids))]
+
+    def list_items(self, offset: int, limit: int, where: Filter | None) -> tuple[list[ItemId], int]:
+        """Ids in insertion order from the ``offset``-th matching item on (the in-memory held bits
+        and payload columns: no store scan)."""
+        with self._rw.read():
+            held = self.shards.held
+            alive = held != 0
+            if where is not None:
+                alive &= self._payload.mask(where, self.store, len(held))
+            pos = np.flatnonzero(alive)
+        page = pos[offset : offset + limit] if offset < len(pos) else pos[:0]
+        nxt = offset + len(page) if offset + len(page) < len(pos) else -1
+        if not len(page):
+            return [], nxt
+        with self.store.read() as r:
+            return r.external(page.tolist()), nxt
+
     def sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,
                seeded: bool = True) -> ItemBatch:
         """Items holding ``version`` in insertion (internal id) order, or ``limit`` of them at the
@@ -640,7 +812,8 @@ class EmbeddedBackend:
                     x[at] = block[rows[at]]
             ext = r.external(iids.tolist())
             labels = r.labels(iids.tolist())
-        return ItemBatch(ext, x, labels, version.name)
+            metadata = r.attrs(iids.tolist())
+        return ItemBatch(ext, x, labels, version.name, metadata=metadata)
 
     def count(self) -> int:
         with self.store.read() as r:
@@ -669,7 +842,7 @@ class EmbeddedBackend:
         disk = self._disk_usage()
         live_b = sum(counts[v.name] * v.dim * 4 for v in listed)
         stored_b = sum(stored[v.code] * v.dim * 4 for v in listed)
-        saved = [self.shards.saved_seq(v.code) for v in listed]
+        saved = [self.shards.saved_seq(v.code) for v in listed if not v.retired]
         out: dict[str, Any] = {"path": str(self.path), "backend": "embedded", "items": n, "seq": seq,
                                "id_kind": id_kind, "disk_bytes": disk, "device": self.shards.device,
                                "shard_spec": self.shards.spec.to_dict(), "versions": {},
@@ -685,6 +858,11 @@ class EmbeddedBackend:
                                    "unsaved_writes": self._unsaved_ops,
                                }}
         for v in listed:
+            if v.retired:
+                out["versions"][v.name] = {"dim": v.dim, "parent": v.parent, "metric": v.metric.value,
+                                           "vectors": counts[v.name], "coverage": 0.0, "retired": True,
+                                           "dead_vectors": stored[v.code] - counts[v.name], "shard": None}
+                continue
             shard = self.shards.shards[v.code]
             saved_v = self.shards.saved_seq(v.code)
             out["versions"][v.name] = {
@@ -698,7 +876,15 @@ class EmbeddedBackend:
 
     def verify(self) -> list[str]:
         with self._rw.read():
-            return verify_index(self.store, self.shards, list(self._versions.values()), check_file=not self.readonly)
+            problems = verify_index(self.store, self.shards, list(self._versions.values()),
+                                    check_file=not self.readonly)
+            try:
+                with self.store.read() as r:
+                    self._payload.mask_sync(self.store, r)
+                    problems += check_columns(r, self._payload, self.shards.held != 0, self.payload_schema())
+            except CorruptIndexError as exc:
+                problems.append(str(exc))
+            return problems
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:

@@ -14,7 +14,8 @@ chunks    vcode (2) + chunk id (8)        msgpack {"n", "ids": int64 bytes, "dea
 vecs      vcode (2) + chunk id (8)        float32 bytes, n x dim (many vectors per value)
 labels    internal id (8)                 msgpack label
 attrs     internal id (8)                 msgpack metadata dict
-oplog     seq (8)                         msgpack {"a": [[vcode, chunk]], "r": [[vcode, ids]], "v": name}
+oplog     seq (8)                         msgpack {"a": [[vcode, chunk]], "r": [[vcode, ids]], "v": name,
+                                          "p": ids whose label/metadata changed (optional)}
 ========  ==============================  ============================================
 
 External id keys: ``0x01`` + (id + 2**63) as 8 big-endian bytes for ints, ``0x02`` + utf-8 for str.
@@ -41,7 +42,7 @@ from ..errors import CorruptIndexError, FormatVersionError, IndexLockedError, St
 
 T = TypeVar("T")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHUNK_ROWS = 1024  # vectors per LMDB value: large values avoid the 15-34% overflow-page waste of one-per-value
 INITIAL_MAP_SIZE = 1 << 30
 _DBS = ("meta", "versions", "ids", "rev", "loc", "chunks", "vecs", "labels", "attrs", "oplog")
@@ -53,7 +54,15 @@ _META_AT = 16  # LMDB 0.9, 64-bit: the page header before the meta record
 _OPEN_ENVS: dict[str, list[Any]] = {}
 
 # Migrations from format N to N+1, run in one write transaction on open. Idempotent by contract.
-MIGRATIONS: dict[int, Callable[[Any, dict[str, Any]], None]] = {}
+MIGRATIONS: dict[int, Callable[[Any, dict[str, Any]], None]] = {
+    # 1 -> 2: payload indexes (meta `payload_schema`), retired versions (`retired` in a version
+    # record) and payload op-log entries (`p`) appeared. All optional, so a format-1 store is a
+    # valid format-2 store; the bump only keeps compatindex releases that predate them (and would
+    # ignore a schema or write to a retired version) from opening a format-2 store.
+    1: lambda w, ctx: None,
+}
+#: Formats whose migration to the next only adds optional records: a read-only open reads them as they are.
+ADDITIVE = frozenset({1})
 
 
 def pack(obj: Any) -> bytes:
@@ -107,6 +116,9 @@ def check_op(op: Any, *, where: Any, what: str = "op log record") -> dict[str, A
         raise _damaged(where, what, "its removals list is malformed")
     if ver is not None and not isinstance(ver, str):
         raise _damaged(where, what, "its version field is not a name")
+    pay = op.get("p")
+    if pay is not None and (not isinstance(pay, bytes) or len(pay) % 8):
+        raise _damaged(where, what, "its payload-change field is malformed")
     return op
 
 
@@ -276,14 +288,20 @@ class Reader:
         return check_chunk(unpack(raw, where=self.s.file, what=f"chunk {chunk} record"), where=self.s.file,
                            what=f"chunk {chunk} record")
 
-    def chunk_vectors(self, vcode: int, chunk: int, n: int, dim: int) -> np.ndarray:
+    def chunk_vectors(self, vcode: int, chunk: int, n: int, dim: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(n, dim)`` vectors of a chunk, or only ``rows`` (a bool mask or positions) of them.
+
+        In a snapshot opened with ``read(buffers=True)`` the record is a view of the memory map, so
+        selecting ``rows`` copies (and pages in) only those rows, not the whole chunk.
+        """
         raw = self.txn.get(vkey(vcode, chunk), db=self.s.db["vecs"])
         if raw is None or len(raw) != n * dim * 4:
             got = None if raw is None else len(raw)
             raise CorruptIndexError(
                 f"vector chunk {chunk} of version code {vcode} is damaged: expected {n * dim * 4} bytes, got {got}"
             )
-        return np.frombuffer(raw, dtype="<f4").reshape(n, dim).copy()
+        block = np.frombuffer(raw, dtype="<f4").reshape(n, dim)
+        return block.copy() if rows is None else np.ascontiguousarray(block[rows])
 
     def vectors(self, vcode: int, dim: int, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(n, dim)`` stored vectors and an ``(n,)`` bool mask of the ones that exist."""
@@ -390,9 +408,80 @@ class Writer(Reader):
         if attrs is not None:
             with self.txn.cursor(db=self.s.db["attrs"]) as cur:
                 cur.putmulti([(k, pack(m)) for k, m in zip(keys, attrs) if m is not None], append=True)
+        if labels is not None or attrs is not None:
+            self.note_payload(iids)
         self.put_meta("next_iid", start + n)
         self.bump("n_items", n)
         return iids
+
+    def note_payload(self, iids: np.ndarray) -> None:
+        """Name ``iids`` in the op log as items whose label or metadata changed (payload indexes
+        of other processes re-read them)."""
+        prev = self.op.get("p") or b""
+        self.op["p"] = prev + np.asarray(iids, dtype=">i8").tobytes()
+
+    def set_payload(self, iids: np.ndarray, labels: Sequence[Any] | None, metadata: Sequence[Any] | None, *,
+                    merge: bool) -> list[Any] | None:
+        """Replace the labels (None entries remove one) and/or the metadata of existing items.
+
+        ``merge``: each dict updates the stored one key by key (a None value removes the key; a None
+        entry leaves the item's metadata as it is; removing every key leaves none, as Qdrant does). Returns the metadata now stored (None when
+        ``metadata`` is None)."""
+        keys = iid_keys(iids)
+        if labels is not None:
+            db = self.s.db["labels"]
+            for k, lab in zip(keys, labels):
+                if lab is None:
+                    self.txn.delete(k, db=db)
+                else:
+                    self.txn.put(k, pack(lab), db=db)
+        out: list[Any] | None = None
+        if metadata is not None:
+            db = self.s.db["attrs"]
+            out = []
+            for iid, k, m in zip(iids.tolist(), keys, metadata):
+                if merge:
+                    raw = self.txn.get(k, db=db)
+                    old = None if raw is None else unpack(raw, where=self.s.file, what="metadata")
+                    if m is None:
+                        out.append(old)
+                        continue
+                    new = dict(old) if isinstance(old, dict) else {}
+                    for key, value in m.items():
+                        if value is None:
+                            new.pop(key, None)
+                        else:
+                            new[key] = value
+                    m = new or None  # every key removed: the item has no metadata
+                out.append(m)
+                if m is None:
+                    self.txn.delete(k, db=db)
+                else:
+                    self.txn.put(k, pack(m), db=db)
+        self.note_payload(iids)
+        return out
+
+    def live_ids(self, vcode: int) -> np.ndarray:
+        """Sorted internal ids of every live vector of version ``vcode`` (chunk records only)."""
+        parts = []
+        for _, meta in self.chunk_list(vcode):
+            ids, alive = self.live_rows(meta)
+            parts.append(ids[alive])
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def drop_version_vectors(self, vcode: int) -> int:
+        """Delete every chunk, vector and locator of version ``vcode`` (``retire``); returns how
+        many live vectors went."""
+        n = int(self.meta(f"count:{vcode}", 0))
+        prefix = int(vcode).to_bytes(2, "big")
+        for name in ("chunks", "vecs", "loc"):
+            with self.txn.cursor(db=self.s.db[name]) as cur:
+                if cur.set_range(prefix):
+                    while bytes(cur.key()).startswith(prefix):
+                        if not cur.delete():
+                            break
+        self.put_meta(f"count:{vcode}", 0)
+        return n
 
     def put_vectors(self, vcode: int, iids: np.ndarray, vectors: np.ndarray, *, fresh: bool = False) -> None:
         """Store version-``vcode`` vectors of ``iids`` (rows of ``vectors``, ``(n, dim)`` float32).
@@ -722,6 +811,8 @@ class LmdbStore:
                 f"index store {self.path} has format version {fmt}; this compatindex reads up to {FORMAT_VERSION}"
             )
         if fmt < FORMAT_VERSION:
+            if self.readonly and all(v in ADDITIVE for v in range(fmt, FORMAT_VERSION)):
+                return  # nothing to rewrite: read it as it is
             if self.readonly:
                 raise FormatVersionError(f"index store {self.path} has the older format {fmt}",
                                          hint="open it once without readonly=True to migrate it")
@@ -734,10 +825,14 @@ class LmdbStore:
 
     # -- transactions ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def read(self) -> Iterator[Reader]:
+    def read(self, *, buffers: bool = False) -> Iterator[Reader]:
+        """A read snapshot. ``buffers=True``: records are views of the memory map, valid only
+        inside the block (readers that copy what they keep, like :meth:`iter_live`, use it to
+        read only the rows they need)."""
         for attempt in range(3):
             try:
-                txn = self.env.begin(buffers=False)
+                # two calls so that the lmdb stubs' overloads (bytes vs memoryview records) resolve
+                txn: Any = self.env.begin(buffers=True) if buffers else self.env.begin(buffers=False)
                 break
             except lmdb.MapResizedError:
                 # Another process grew the map: adopt its size and retry.
@@ -826,12 +921,18 @@ class LmdbStore:
                 os.unlink(tmp)
 
     # -- bulk reads for shards ---------------------------------------------------------------
-    def iter_live(self, vcode: int, dim: int, *, batch: int = 65536,
-                  reader: Reader | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_live(self, vcode: int, dim: int, *, batch: int = 65536, reader: Reader | None = None,
+                  vectors: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(iids (n,), vectors (n, dim))`` batches of every live vector of one version,
-        all from one snapshot (``reader``'s when given)."""
+        all from one snapshot (``reader``'s when given).
+
+        Only live rows are read: a chunk with none is skipped, and of the others only the live
+        rows are copied (all of a chunk's pages are touched only when the snapshot is not a
+        ``buffers=True`` one). ``vectors=False`` yields ids with ``(n, 0)`` arrays and reads no
+        vector record at all (``verify``).
+        """
         with contextlib.ExitStack() as stack:
-            r = reader if reader is not None else stack.enter_context(self.read())
+            r = reader if reader is not None else stack.enter_context(self.read(buffers=True))
             ids_acc: list[np.ndarray] = []
             vec_acc: list[np.ndarray] = []
             n_acc = 0
@@ -839,9 +940,9 @@ class LmdbStore:
                 ids, alive = r.live_rows(meta)
                 if not alive.any():
                     continue
-                vecs = r.chunk_vectors(vcode, chunk, int(meta["n"]), dim)
                 ids_acc.append(ids[alive])
-                vec_acc.append(vecs[alive])
+                vec_acc.append(r.chunk_vectors(vcode, chunk, int(meta["n"]), dim, rows=alive) if vectors
+                               else np.zeros((int(alive.sum()), 0), np.float32))
                 n_acc += int(alive.sum())
                 if n_acc >= batch:
                     yield np.concatenate(ids_acc), np.concatenate(vec_acc)

@@ -44,7 +44,16 @@ def verify_index(store: LmdbStore, shards: ShardSet, versions: Sequence[Version]
             if not (n_items == n_rev == n_ids):
                 problems.append(f"item counts disagree: meta says {n_items}, id map {n_ids}, reverse map {n_rev}")
             for v in versions:
-                ids_parts = [ids for ids, _ in store.iter_live(v.code, v.dim, reader=r)]
+                if v.retired:  # its vectors and shard were dropped (retire)
+                    if int(r.meta(f"count:{v.code}", 0)) or r.chunk_list(v.code):
+                        problems.append(f"retired version {v.name!r} still holds vectors in the store")
+                    if v.code in shards.shards:
+                        problems.append(f"retired version {v.name!r} still has a shard in memory")
+                    files = shards.files(v.code)
+                    if files is not None and (files[0].exists() or files[1].exists()):
+                        problems.append(f"retired version {v.name!r} still has a shard file {files[1]}")
+                    continue
+                ids_parts = [ids for ids, _ in store.iter_live(v.code, v.dim, reader=r, vectors=False)]
                 live = np.sort(np.concatenate(ids_parts)) if ids_parts else np.zeros(0, np.int64)
                 counted = int(r.meta(f"count:{v.code}", 0))
                 if len(live) != counted:

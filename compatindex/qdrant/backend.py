@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
@@ -19,11 +20,13 @@ import numpy as np
 
 from ..backend import ShardHits, ShardQuery
 from ..core.datatypes import ItemBatch, ItemId, Version
+from ..core.filters import SCHEMAS, Filter, check_payload
 from ..core.validate import check_id_kind, duplicate_ids, sample_rows, unknown_ids
-from ..errors import NotAnIndexError, VersionExistsError
+from ..errors import InvalidInputError, NotAnIndexError, VersionExistsError
 from . import search
+from .filters import native, payload_key, require
 from .errors import MIN_SERVER, BackendError, BackendVersionError, parse_version, require_client, retry, translate
-from .items import Points, holding, item_payload, point_id
+from .items import Points, holding, item_meta, item_payload, meta_fields, point_id
 from .registry import Registry
 from .url import Target, parse
 
@@ -34,6 +37,19 @@ WRITE_BATCH = 512
 """Points per upsert / batch update (bounds one request's size)."""
 
 T = TypeVar("T")
+
+
+def _ext(rec: Any) -> Any:
+    """The external id of a point (None for a point without one: another tool's)."""
+    return (rec.payload or {}).get("ext")
+
+
+def _fails(meta: Any, schema: Mapping[str, str]) -> bool:
+    try:
+        check_payload([meta], schema)
+    except InvalidInputError:
+        return True
+    return False
 
 
 def open_backend(url: str, *, readonly: bool = False, create: bool = True) -> "QdrantBackend":
@@ -227,9 +243,124 @@ class QdrantBackend:
             self._call("delete", functools.partial(self._client.delete, self.collection, points_selector=sel, wait=True))
         return len(ids)
 
+    def set_payload(self, ids: list[ItemId], id_kind: str, *, labels: list[Any] | None,
+                    metadata: list[dict[str, Any] | None] | None, merge: bool) -> int:
+        """Read the points' metadata, compute the new one here (``merge``: key by key, a None value
+        removes the key; a None entry leaves the item as it is), then write each batch with one
+        ``batch_update_points`` call (per point: delete the dropped payload keys, set the new ones).
+        Unknown ids are refused before anything is written. Only ``label``/``meta``/``meta_mp`` are
+        touched, so concurrent backfills are never overwritten; two clients changing the metadata
+        of the same item at once: the last write wins."""
+        from qdrant_client import models as m
+
+        self._check_kind(id_kind, record=False)
+        pids = [point_id(i) for i in ids]
+        self._require_known(ids, pids)
+        new_meta: list[Any] = [None] * len(ids)
+        todo = [j for j in range(len(ids)) if metadata is not None and metadata[j] is not None]
+        if todo:
+            old = self.points.retrieve(sorted({pids[j] for j in todo}), payload=["meta", "meta_mp"]) if merge else {}
+            for j in todo:
+                m_new: dict[str, Any] = metadata[j] or {}  # type: ignore[index]
+                if merge:
+                    d = dict(item_meta((old[pids[j]].payload or {}) if pids[j] in old else {}) or {})
+                    d.update(m_new)
+                    new_meta[j] = {a: b for a, b in d.items() if b is not None} or None
+                else:
+                    new_meta[j] = dict(m_new)
+            schema = self.payload_schema()
+            if schema:
+                self._check_payload([ids[j] for j in todo], [new_meta[j] for j in todo], schema)
+        ops: list[Any] = []
+        for j, p in enumerate(pids):
+            put: dict[str, Any] = {}
+            drop: list[str] = []
+            if labels is not None:
+                if labels[j] is None:
+                    drop.append("label")
+                else:
+                    put["label"] = labels[j]
+            if metadata is not None and metadata[j] is not None:
+                fields = meta_fields(new_meta[j])
+                put.update(fields)
+                drop.extend(k for k in ("meta", "meta_mp") if k not in fields)
+            if drop:
+                ops.append(m.DeletePayloadOperation(delete_payload=m.DeletePayload(keys=drop, points=[p])))
+            if put:
+                ops.append(m.SetPayloadOperation(set_payload=m.SetPayload(payload=put, points=[p])))
+        op = 0
+        for lo in range(0, len(ops), 2 * WRITE_BATCH):
+            chunk = ops[lo:lo + 2 * WRITE_BATCH]
+            res = self._call("batch_update_points", functools.partial(
+                self._client.batch_update_points, self.collection, update_operations=chunk, wait=True))
+            op = (getattr(res[-1], "operation_id", None) if res else None) or op
+        return int(op or 0)
+
+    @staticmethod
+    def _check_payload(ids: list[ItemId], metas: list[Any], schema: Mapping[str, str]) -> None:
+        try:
+            check_payload(metas, schema)
+        except InvalidInputError as exc:  # name the item, not its position in this list
+            j = next(j for j in range(len(metas)) if _fails(metas[j], schema))
+            raise InvalidInputError(f"item {ids[j]!r}: {exc}".replace(f"`metadata[{j}]", "`metadata")) from None
+
+    def create_payload_index(self, field: str, schema: str) -> None:
+        """Check every stored value of ``field`` first (nothing changes on a mismatch), then
+        ``client.create_payload_index`` on ``meta.<field>`` and the declaration in the registry's
+        meta record (``payload_schema``), so it survives a reopen and other clients see it."""
+        from qdrant_client import models as m
+
+        if schema not in SCHEMAS:
+            raise InvalidInputError(f"`schema` must be one of {', '.join(SCHEMAS)}; got {schema!r}")
+        key = payload_key(field, path="field")
+        rows = self.points.scan(payload=["ext", "t", "meta", "meta_mp"])
+        rows.sort(key=lambda r: (r.payload or {}).get("t", 0))
+        self._check_payload([_ext(r) for r in rows],
+                            [item_meta(r.payload or {}) for r in rows], {field: schema})
+        kind = {"keyword": m.PayloadSchemaType.KEYWORD, "integer": m.PayloadSchemaType.INTEGER,
+                "float": m.PayloadSchemaType.FLOAT, "bool": m.PayloadSchemaType.BOOL}[schema]
+        with warnings.catch_warnings():  # local mode: "payload indexes have no effect" (filters still apply)
+            warnings.simplefilter("ignore", UserWarning)
+            self._call("create_payload_index", lambda: self._client.create_payload_index(
+                self.collection, field_name=key, field_schema=kind, wait=True))
+        declared = dict(self.reg.refresh_meta().get("payload_schema") or {})
+        declared[field] = schema
+        self.reg.set_meta(payload_schema=declared)
+
+    def payload_schema(self) -> dict[str, str]:
+        return dict(self.reg.meta.get("payload_schema") or {})
+
+    def retire(self, version: Version) -> int:
+        """Count the points holding ``version`` and no other (a filter count): refused when any;
+        else ``delete_vectors`` of that named vector on every point holding it and another one
+        (so a point added meanwhile with only this version keeps its vector), and the record
+        marked ``retired``. The named vector stays in the collection config (``verify`` expects
+        one per version record)."""
+        from qdrant_client import models as m
+
+        others = tuple(u for u in self._versions if u != version.name)
+        alone = self.points.count(holding(version.name, not_holding=others))
+        if alone:
+            raise InvalidInputError(
+                f"`version` {version.name!r}: {alone} items hold no vector of another version",
+                hint="backfill them into a newer version first (Index.backfill), then retire")
+        flt = m.Filter(must=[m.HasVectorCondition(has_vector=version.name),
+                             m.Filter(should=[m.HasVectorCondition(has_vector=u) for u in others])])
+        n = self.points.count(flt) if others else 0
+        if n:
+            self._call("delete_vectors", lambda: self._client.delete_vectors(
+                self.collection, vectors=[version.name], points=m.FilterSelector(filter=flt), wait=True))
+        record = self.reg.version_record(version.name)
+        record["retired"] = True
+        self.reg.put_version(record)
+        self._load()
+        return n
+
     # -- reads -------------------------------------------------------------------------------
-    def search(self, queries: Sequence[ShardQuery], k: int) -> ShardHits:
-        return search.run(self._call, self._client, self.collection, queries, k, exact=self.target.exact)
+    def search(self, queries: Sequence[ShardQuery], k: int, *, where: Filter | None = None) -> ShardHits:
+        """One ``query_batch_points`` call; ``where`` is translated to a native ``models.Filter``
+        (:mod:`compatindex.qdrant.filters`) and required next to each step's version conditions."""
+        return search.run(self._call, self._client, self.collection, queries, k, exact=self.target.exact, where=where)
 
     def known(self, ids: list[ItemId]) -> np.ndarray:
         pids = [point_id(i) for i in ids]
@@ -253,9 +384,52 @@ class QdrantBackend:
         found = self.points.retrieve([point_id(i) for i in ids], payload=["label"])
         return [(found[point_id(i)].payload or {}).get("label") if point_id(i) in found else None for i in ids]
 
+    def payload(self, ids: list[ItemId]) -> tuple[list[Any], list[dict[str, Any] | None]]:
+        pids = [point_id(i) for i in ids]
+        found = self.points.retrieve(sorted(set(pids)), payload=["label", "meta", "meta_mp"])
+        pays = [(found[p].payload or {}) if p in found else {} for p in pids]
+        return [pl.get("label") for pl in pays], [item_meta(pl) for pl in pays]
+
+    def held(self, ids: list[ItemId]) -> list[tuple[str, ...]]:
+        """Per version (oldest first), one scroll of the ids' points holding its vector (ids only:
+        no vector is downloaded)."""
+        from qdrant_client import models as m
+
+        pids = [point_id(i) for i in ids]
+        uniq = sorted(set(pids))
+        have: dict[str, list[str]] = {p: [] for p in uniq}
+        for v in sorted(self._versions.values(), key=lambda u: u.code):
+            if v.retired:
+                continue
+            for lo in range(0, len(uniq), 1024):
+                flt = m.Filter(must=[m.HasIdCondition(has_id=list[Any](uniq[lo:lo + 1024])),
+                                     m.HasVectorCondition(has_vector=v.name)])
+                for r in self.points.scan(flt=flt, payload=False):
+                    have[str(r.id)].append(v.name)
+        return [tuple(have[p]) for p in pids]
+
+    def list_items(self, offset: int, limit: int, where: Filter | None) -> tuple[list[ItemId], int]:
+        """One scroll of the matching points' ids and insertion stamps (a few bytes per point),
+        sorted by stamp (Qdrant scrolls in point-id order, and ``order_by`` needs a payload index
+        on the server); the page is sliced from it."""
+        rows = self.points.scan(flt=require(None, native(where)), payload=["ext", "t"])
+        rows.sort(key=lambda r: (r.payload or {}).get("t", 0))
+        page = rows[offset:offset + limit]
+        nxt = offset + limit if offset + limit < len(rows) else -1
+        return [_ext(r) for r in page], nxt
+
     def sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,
                seeded: bool = True) -> ItemBatch:
-        """Items in insertion order, or ``limit`` of them drawn with ``rng``.
+        """Items holding ``version`` with their vectors, labels and metadata (see :meth:`_sample`)."""
+        recs = self._sample(version, limit, rng, seeded=seeded)
+        x = np.asarray([r.vector[version.name] for r in recs], dtype=np.float32).reshape(len(recs), version.dim)
+        pays = [r.payload or {} for r in recs]
+        return ItemBatch([pl["ext"] for pl in pays], x, [pl.get("label") for pl in pays], version.name,
+                         [item_meta(pl) for pl in pays])
+
+    def _sample(self, version: Version, limit: int | None, rng: np.random.Generator, *,
+                seeded: bool = True) -> list[Any]:
+        """The records of :meth:`sample`: items in insertion order, or ``limit`` of them drawn with ``rng``.
 
         Without a seed (``seeded=False``) the server draws the sample: one ``query_points`` call with
         Qdrant's random ``SampleQuery``, returning ``limit`` points with their vectors.
@@ -266,28 +440,24 @@ class QdrantBackend:
         (the same rows in insertion order), so both backends return the same sample.
         """
         flt = holding(version.name)
+        keys = ["ext", "label", "t", "meta", "meta_mp"]
         if limit is None:
-            rows = self.points.scan(flt=flt, payload=["ext", "label", "t"], vectors=[version.name])
+            rows = self.points.scan(flt=flt, payload=keys, vectors=[version.name])
             rows.sort(key=lambda r: (r.payload or {}).get("t", 0))
-            x = np.asarray([r.vector[version.name] for r in rows], dtype=np.float32).reshape(len(rows), version.dim)
-            return ItemBatch([r.payload["ext"] for r in rows], x, [r.payload.get("label") for r in rows], version.name)
+            return rows
         if not seeded:
             from qdrant_client import models as m
 
             res = self._call("query_points", functools.partial(
                 self._client.query_points, self.collection, query=m.SampleQuery(sample=m.Sample.RANDOM),
-                query_filter=flt, limit=limit, with_payload=["ext", "label", "t"], with_vectors=[version.name]))
-            recs = sorted(res.points, key=lambda r: (r.payload or {}).get("t", 0))  # insertion order, as documented
-            x = np.asarray([r.vector[version.name] for r in recs], dtype=np.float32).reshape(len(recs), version.dim)
-            return ItemBatch([r.payload["ext"] for r in recs], x, [r.payload.get("label") for r in recs], version.name)
+                query_filter=flt, limit=limit, with_payload=keys, with_vectors=[version.name]))
+            return sorted(res.points, key=lambda r: (r.payload or {}).get("t", 0))  # insertion order, as documented
         stamps = self.points.scan(flt=flt, payload=["t"], vectors=False)
         stamps.sort(key=lambda r: (r.payload or {}).get("t", 0))
         pick = sample_rows(len(stamps), limit, rng)
         chosen = [str(stamps[i].id) for i in (range(len(stamps)) if pick is None else pick.tolist())]
-        found = self.points.retrieve(chosen, payload=["ext", "label"], vectors=[version.name])
-        recs = [found[p] for p in chosen if p in found]  # a point deleted meanwhile drops out
-        x = np.asarray([r.vector[version.name] for r in recs], dtype=np.float32).reshape(len(recs), version.dim)
-        return ItemBatch([r.payload["ext"] for r in recs], x, [r.payload.get("label") for r in recs], version.name)
+        found = self.points.retrieve(chosen, payload=keys, vectors=[version.name])
+        return [found[p] for p in chosen if p in found]  # a point deleted meanwhile drops out
 
     def count(self) -> int:
         return self.points.count()

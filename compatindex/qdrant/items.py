@@ -1,10 +1,11 @@
 """Points of a Qdrant-backed index: ids, payload layout, and the collection calls built on them.
 
-An item is one point, id ``uuid5(external id)``, payload ``{"ext", "label", "meta" | "meta_mp",
-"t"}`` (``t``: insertion order), holding one named vector per version it has. Which versions a
-point holds is read from the vectors themselves (``HasVectorCondition``), never from a payload
-list: a payload list would need a read-modify-write on every backfill, and two clients
-backfilling the same items at once would overwrite each other's list (docs/scaling.md).
+An item is one point, id ``uuid5(external id)``, payload ``{"ext", "label", "meta", "meta_mp",
+"t"}`` (``t``: insertion order; metadata under ``meta``, see :func:`meta_fields`), holding one
+named vector per version it has. Which versions a point holds is read from the vectors
+themselves (``HasVectorCondition``), never from a payload list: a payload list would need a
+read-modify-write on every backfill, and two clients backfilling the same items at once would
+overwrite each other's list (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -26,25 +27,33 @@ def point_id(ext: Any) -> str:
     return str(uuid.uuid5(NAMESPACE, f"i:{ext}" if isinstance(ext, int) else f"s:{ext}"))
 
 
-def item_payload(ext: Any, label: Any, meta: Any, t: int) -> dict[str, Any]:
-    """The payload of one item's point.
+def meta_fields(meta: Any) -> dict[str, Any]:
+    """The payload keys that store one item's metadata (``{}`` for None).
 
-    ``meta`` stays readable JSON (filterable in Qdrant) when it survives a JSON round trip
-    unchanged; other msgpack-able metadata (bytes, int keys) is kept as base64 msgpack in ``meta_mp``.
+    ``meta`` stays readable JSON under ``"meta"`` (what Qdrant filters read) when it survives a
+    JSON round trip unchanged and Qdrant's filters read it exactly like the reference evaluator
+    (:func:`compatindex.qdrant.filters.is_filter_exact`). Other msgpack-able metadata (bytes, int
+    keys, non-finite floats, ``None`` inside lists, nested lists) is kept exactly as base64 msgpack
+    in ``"meta_mp"``, with its filter view (:func:`compatindex.qdrant.filters.filter_view`) under
+    ``"meta"``. User keys live inside ``"meta"``, so they never collide with the internal keys.
     """
+    from .filters import filter_view, is_filter_exact
+
+    if meta is None:
+        return {}
+    plain = msgpack.unpackb(msgpack.packb(meta, use_bin_type=True), raw=False, strict_map_key=False)
+    if is_filter_exact(plain):
+        return {"meta": plain}
+    return {"meta": filter_view(plain) if isinstance(plain, dict) else {},
+            "meta_mp": base64.b64encode(msgpack.packb(meta, use_bin_type=True)).decode("ascii")}
+
+
+def item_payload(ext: Any, label: Any, meta: Any, t: int) -> dict[str, Any]:
+    """The payload of one item's point: ``ext``, ``t``, ``label`` and :func:`meta_fields`."""
     out: dict[str, Any] = {"ext": ext, "t": int(t)}
     if label is not None:
         out["label"] = label
-    if meta is not None:
-        plain = msgpack.unpackb(msgpack.packb(meta, use_bin_type=True), raw=False, strict_map_key=False)
-        try:
-            same = json.loads(json.dumps(plain)) == plain
-        except (TypeError, ValueError):
-            same = False
-        if same:
-            out["meta"] = plain
-        else:
-            out["meta_mp"] = base64.b64encode(msgpack.packb(meta, use_bin_type=True)).decode("ascii")
+    out.update(meta_fields(meta))
     return out
 
 

@@ -14,7 +14,7 @@ from ..errors import InvalidInputError
 METHODS = ("auto", "isometric", "procrustes", "oca", "affine", "mlp")
 """Head-training methods accepted by :func:`compatindex.trainer.upgrade`."""
 
-BACKBONE_METHODS = ("oca", "bct", "independent")
+BACKBONE_METHODS = ("oca", "bct", "independent", "simplex")
 """Whole-model recipes accepted by :func:`compatindex.trainer.train_backbone`."""
 
 
@@ -161,8 +161,27 @@ class BackboneConfig(_DictMixin):
     """Pair term weights, used only when ``old_vectors`` are given to ``train_backbone``."""
     w_nce: float = 1.0
     temperature: float = 0.05
+    pair_negatives: str = "all"
+    """Negatives of the pair InfoNCE: ``all`` (every other item of the batch) or ``other_labels``
+    (items with another label only, iamcl2r's HOC: same-class neighbours are not pushed away)."""
+    w_ancestor_cos: float = 0.0
+    """``simplex``: weight of ``1 - cos(h[:, :d_j], G_j)`` per ancestor (pins the absolute
+    position, as BT²'s ``1 - <phi_old, h_bct>``); 0 leaves it out."""
     bct_alpha: float = 1.0
     """Weight of the influence loss in the BCT recipe (CE + alpha * CE(phi P^T))."""
+    proto_temperature: float = 1.0
+    """Temperature of the prototype CE of ``oca`` and ``bct`` (logits ``cos / T``); 1, OCA's and
+    BCT's released code, leaves the logits in [-1, 1]."""
+    simplex_scale: float = 10.0
+    """``simplex``: the fixed d-simplex classifier's logits are ``scale * <h, vertex>``."""
+    simplex_lambda: float = 0.1
+    """``simplex``: ``lam CE_simplex + (1 - lam) InfoNCE to the ancestors`` (iamcl2r: 0.1)."""
+    hoc_mu: float = 10.0
+    """``simplex``: inverse temperature of the InfoNCE to the stored ancestor vectors (iamcl2r: 10)."""
+    w_ancestor_proto: float = 0.0
+    """``simplex``: weight of an optional prototype CE against each ancestor's stored class means
+    (temperature ``ancestor_proto_temperature``); 0 leaves it out."""
+    ancestor_proto_temperature: float = 0.1
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
@@ -177,6 +196,8 @@ class BackboneConfig(_DictMixin):
                f"`method` must be one of {BACKBONE_METHODS}; got {self.method!r}")
         _check(self.batch_size >= 2, f"`batch_size` must be >= 2; got {self.batch_size!r}")
         _check(self.epochs >= 0, f"`epochs` must be >= 0; got {self.epochs!r}")
+        _check(self.pair_negatives in ("all", "other_labels"),
+               f"`pair_negatives` must be 'all' or 'other_labels'; got {self.pair_negatives!r}")
 
 
 def resolve_device(name: str = "auto") -> str:

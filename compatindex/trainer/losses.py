@@ -101,9 +101,9 @@ class BCTLoss(nn.Module):
     """BCT as in the OCA/BT² repos: ``CE(logits, y) + alpha CE_ls(normalize(phi[:, :d_p]) P^T, y)``."""
 
     def __init__(self, prototypes: Tensor, has_proto: Tensor | None = None, *, alpha: float = 1.0,
-                 label_smoothing: float = 0.1) -> None:
+                 label_smoothing: float = 0.1, temperature: float = 1.0) -> None:
         super().__init__()
-        self.bct = PrototypeCE(prototypes, has_proto, label_smoothing=label_smoothing)
+        self.bct = PrototypeCE(prototypes, has_proto, label_smoothing=label_smoothing, temperature=temperature)
         self.alpha = alpha
         self.label_smoothing = label_smoothing
         self.d_p = int(prototypes.shape[1])
@@ -133,3 +133,122 @@ class PairAlignLoss(nn.Module):
         logits = zp @ gn.T / self.tau  # (B, B)
         nce = F.cross_entropy(logits, torch.arange(z.shape[0], device=z.device))
         return self.w_cos * cos + self.w_nce * nce, {"pair_cos": float(cos.detach()), "pair_nce": float(nce.detach())}
+
+
+def dsimplex(num_classes: int) -> Tensor:
+    """``(K, K-1)`` unit vertices of the regular simplex (iamcl2r's ``dsimplex``): pairwise cosine
+    ``-1/(K-1)``, centred at the origin.
+
+    ``t = [I_n ; ((1 - sqrt(1 + n)) / n) 1^T]`` with ``n = K - 1``, centred by its column means and
+    row-normalized ("Stationary Representations: Optimally Approximating Compatibility and
+    Implications for Improved Model Replacements", Biondi et al., CVPR 2024).
+    """
+    K = int(num_classes)
+    if K < 2:
+        raise ValueError(f"a simplex needs at least 2 classes; got {K}")
+    n = K - 1
+    t = torch.cat([torch.eye(n, dtype=torch.float64),
+                   torch.full((1, n), (1.0 - (1.0 + n) ** 0.5) / n, dtype=torch.float64)])  # (K, n)
+    t = t - t.mean(0, keepdim=True)
+    return F.normalize(t, dim=1).float()
+
+
+class SimplexCE(nn.Module):
+    """CE of a fixed d-simplex classifier: ``CE_ls(scale * h[:, :K-1] W^T, y)``, ``W`` ``(K, K-1)``.
+
+    ``h`` is the unit feature of any version: the vertices sit in its first ``K - 1`` dims, which
+    every version shares (they lie inside the first version's prefix), so the class regions do
+    not move from one version to the next. ``scale`` stands in for the feature norm (iamcl2r
+    leaves the feature unnormalized; here ``h`` is a unit vector).
+    """
+
+    W: Tensor
+
+    def __init__(self, num_classes: int, *, scale: float = 10.0, label_smoothing: float = 0.1) -> None:
+        super().__init__()
+        self.register_buffer("W", dsimplex(num_classes))  # (K, K-1)
+        self.scale, self.label_smoothing = float(scale), label_smoothing
+
+    def logits(self, h: Tensor) -> Tensor:  # (B, d >= K-1) -> (B, K)
+        return self.scale * h[:, : self.W.shape[1]] @ self.W.T
+
+    def forward(self, h: Tensor, y: Tensor) -> Tensor:
+        keep = y >= 0  # label -1: an unlabelled item (pair terms only)
+        if not bool(keep.any()):
+            return h.sum() * 0.0
+        return F.cross_entropy(self.logits(h[keep]), y[keep], label_smoothing=self.label_smoothing)
+
+
+class AncestorNCE(nn.Module):
+    """InfoNCE between each new feature's prefix and the stored older vector of the same item.
+
+    For an ancestor with ``d_j`` dims: ``z = normalize(h[:, :d_j])``, ``g = normalize(G_j)``,
+    logits ``mu z g^T``; the positive is the item's own old vector and the negatives are the
+    other items of the batch *with another label* (same-label items are neither: iamcl2r's HOC
+    loss, ``-mu <o_i, n_i> + logsumexp_j(mu <o_i, n_j>, y_j != y_i)``); an unlabelled item
+    (label -1) has every other item as a negative. The loss is the mean over
+    ancestors, so a version trained against every stored ancestor weighs each one equally.
+    """
+
+    def __init__(self, *, mu: float = 10.0) -> None:
+        super().__init__()
+        self.mu = float(mu)
+
+    def one(self, h: Tensor, g: Tensor, y: Tensor) -> Tensor:
+        d = g.shape[1]
+        z = F.normalize(h[:, :d], dim=1)  # (B, d_j)
+        gn = F.normalize(g, dim=1)  # (B, d_j)
+        logits = self.mu * z @ gn.T  # (B, B)
+        same = (y[:, None] == y[None, :]) & (y[:, None] >= 0)  # label -1: unlabelled, every other item a negative
+        eye = torch.eye(len(y), dtype=torch.bool, device=h.device)
+        logits = logits.masked_fill(same & ~eye, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(len(y), device=h.device))
+
+    def forward(self, h: Tensor, ancestors: list[Tensor], y: Tensor) -> Tensor:
+        if not ancestors:
+            return h.sum() * 0.0
+        return torch.stack([self.one(h, g, y) for g in ancestors]).mean()
+
+
+class SimplexLoss(nn.Module):
+    """d-Simplex-HOC for a chain: ``lam CE_simplex(h, y) + (1 - lam) mean_j InfoNCE(h[:, :d_j], G_j)``.
+
+    ``lam = 0.1`` and ``mu = 10`` are iamcl2r's; with no ancestor (the first version) only the
+    simplex CE is left. Optional ``w_proto`` adds, for each ancestor, a prototype CE (temperature
+    ``proto_temperature``) of ``h[:, :d_j]`` against that ancestor's stored class means (BCT's
+    influence loss on the old gallery); 0 (the default) leaves it out. Optional ``w_cos`` adds
+    ``mean_j (1 - cos(h[:, :d_j], G_j))``.
+    """
+
+    def __init__(self, num_classes: int, *, lam: float = 0.1, mu: float = 10.0, scale: float = 10.0,
+                 label_smoothing: float = 0.1, ancestor_prototypes: list[Tensor] | None = None,
+                 w_proto: float = 0.0, proto_temperature: float = 0.1, w_cos: float = 0.0) -> None:
+        super().__init__()
+        self.w_cos = float(w_cos)
+        self.ce = SimplexCE(num_classes, scale=scale, label_smoothing=label_smoothing)
+        self.nce = AncestorNCE(mu=mu)
+        self.lam, self.w_proto = float(lam), float(w_proto)
+        protos = ancestor_prototypes or []
+        self.protos = nn.ModuleList(
+            [PrototypeCE(torch.nan_to_num(P), ~torch.isnan(P).any(1), label_smoothing=label_smoothing,
+                         temperature=proto_temperature) for P in protos]) if w_proto else nn.ModuleList()
+
+    def forward(self, h: Tensor, ancestors: list[Tensor], y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        ce = self.ce(h, y)
+        parts = {"simplex_ce": float(ce.detach())}
+        if not ancestors:
+            return ce, parts
+        nce = self.nce(h, ancestors, y)
+        total = self.lam * ce + (1.0 - self.lam) * nce
+        parts["ancestor_nce"] = float(nce.detach())
+        if self.w_cos:
+            cs = torch.stack([(1.0 - F.cosine_similarity(h[:, : g.shape[1]], g, dim=1)).mean() for g in ancestors]).mean()
+            total = total + self.w_cos * cs
+            parts["ancestor_cos"] = float(cs.detach())
+        if self.w_proto and len(self.protos):
+            lab = y >= 0  # unlabelled items (-1) have no prototype
+            pc = torch.stack([p(h[lab, : int(p.P.shape[1])], y[lab]) for p in self.protos
+                              if isinstance(p, PrototypeCE)]).mean()
+            total = total + self.w_proto * pc
+            parts["ancestor_proto"] = float(pc.detach())
+        return total, parts

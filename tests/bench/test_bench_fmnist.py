@@ -61,8 +61,9 @@ def _run_reduced(tmp_path, monkeypatch) -> None:
     out = json.loads((tmp_path / "results" / "fmnist-quick.json").read_text())
     assert (tmp_path / "results" / "fmnist-quick.md").exists()
     assert (tmp_path / "results" / "fmnist-quick.png").exists()
-    assert set(out["methods"]) == {"independent", "bct", "oca", "oca+pairs", "posthoc-isometric", "posthoc-oca",
-                                   "posthoc-procrustes"}
+    assert set(out["methods"]) == {"independent", "bct", "oca", "oca+pairs", "oca+pairs-hoc", "oca-e12",
+                                   "posthoc-isometric", "posthoc-oca", "posthoc-procrustes"}
+    assert set(out["goals"]["issue12_targets"]) == {"oca", "oca-e12", "oca+pairs", "oca+pairs-hoc", "bct"}
     oo = r["old_old"]
     assert oo["top1"] > 0.5  # the old model retrieves its own gallery
     m = out["methods"]

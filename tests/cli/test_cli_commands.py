@@ -130,9 +130,10 @@ def test_backfill_and_cross_version_search(full, vecs, cli, tmp_path, rng):
     new = rng.standard_normal((5, 12)).astype(np.float32)
     np.save(tmp_path / "v2.npy", new)
     np.save(tmp_path / "ids.npy", np.arange(5))
-    res = cli("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.npy", "--version", "v2", "--quiet")
+    res = cli("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.npy", "--version", "v2", "--no-raw",
+              "--quiet")
     assert "backfilled 5 items with version 'v2'" in res.stdout
-    res = cli("search", full, tmp_path / "v2.npy", "-k", 20, "--json", "--quiet")
+    res = cli("search", full, tmp_path / "v2.npy", "-k", 20, "--version", "v2", "--no-raw", "--json", "--quiet")
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert rows[0]["ids"][0] == 0 and rows[0]["versions"][0] == "v2"
     assert set(rows[0]["versions"]) == {"v1", "v2"}
@@ -141,7 +142,7 @@ def test_backfill_and_cross_version_search(full, vecs, cli, tmp_path, rng):
     with compatindex.open(str(full), readonly=True, create=False) as ix:
         np.testing.assert_allclose(ix.get_vectors([3], version="v2"), unit(new[[3]]), atol=1e-5)
     # --drop-old removes the v1 vectors of the backfilled items
-    cli("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.npy", "--version", "v2",
+    cli("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.npy", "--version", "v2", "--no-raw",
         "--drop-old", "--quiet")
     with compatindex.open(str(full), readonly=True, create=False) as ix:
         assert set(ix.fetch("v1").ids) == set(range(5, 20))

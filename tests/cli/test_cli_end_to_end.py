@@ -81,7 +81,7 @@ def test_end_to_end_subprocess(tmp_path):
     np.save(tmp_path / "g2.npy", g2)
     (tmp_path / "half.txt").write_text("\n".join(map(str, half)) + "\n")
     assert "backfilled 150 items" in run("backfill", path, tmp_path / "g2.npy", "--ids", tmp_path / "half.txt",
-                                         "--version", "v2", "--quiet")
+                                         "--version", "v2", "--no-raw", "--quiet")
     has_v2 = np.zeros(N, bool)
     has_v2[half] = True
 
@@ -92,7 +92,7 @@ def test_end_to_end_subprocess(tmp_path):
     cases = [("q2.npy", "v2", "renorm", q2), ("q2.npy", "v2", "pad", q2), ("q1.npy", "v1", "renorm", q1)]
     for fname, version, score, q in cases:
         out = run("search", path, tmp_path / fname, "-k", K, "--version", version, "--score", score,
-                  "--json", "--quiet")
+                  "--no-raw", "--json", "--quiet")
         rows = [json.loads(line) for line in out.splitlines()]
         assert [r["query"] for r in rows] == list(range(NQ))
         ids, scores, versions = brute_force(q, g1, g2, has_v2, score=score)

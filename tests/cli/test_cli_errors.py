@@ -141,7 +141,7 @@ def test_backfill_ids_not_in_the_index(full, before, cli, tmp_path):
     before = snapshot(full)
     np.save(tmp_path / "v2.npy", np.ones((3, 12), np.float32))
     (tmp_path / "ids.txt").write_text("1\n77\n2\n")
-    cli.fails("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.txt", "--version", "v2",
+    cli.fails("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.txt", "--version", "v2", "--no-raw",
               match=r"1 of --ids '.*ids.txt' are not in INDEX .*: 77")
     unchanged(full, before)
 

@@ -23,7 +23,7 @@ def served(tmp_path):
         ix.create_version("v1", dim=16)
         ix.add(list(range(200)), X, version="v1")
         ix.register_version("v2", "v1", 24)
-        ix.backfill(list(range(80)), Z[:80], version="v2")
+        ix.backfill(list(range(80)), Z[:80], version="v2", raw=False)
     np.save(tmp_path / "qnew.npy", Z[150:160])
     np.save(tmp_path / "qold.npy", X[150:160])
     np.save(tmp_path / "qold5.npy", X[150:155])
@@ -99,3 +99,12 @@ def test_calibrate_without_pairs_is_refused(tmp_path):
         ix.add([1, 2, 3], np.eye(4, dtype=np.float32)[:3])
         ix.register_version("v2", "v1", 4)
     Cli().fails("calibrate", path, "--version", "v2", match="only 0 items hold vectors of both 'v2' and 'v1'")
+
+
+def test_serving_summary_names_every_parameter():
+    from compatindex_cli.versions import serving_summary
+
+    text = serving_summary({"fusion": {"v2": 0.6, "v1": 0.4}, "calibration": [["v1", "v2", 1.5, -0.25]],
+                            "query_maps": {"v1": {"shape": [96, 64]}}})
+    assert text == "fusion v2=0.6 v1=0.4; calibration v1->v2 a=1.5 b=-0.25; query map v1 (96x64)"
+    assert serving_summary({}) == "-"

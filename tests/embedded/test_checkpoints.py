@@ -19,7 +19,7 @@ def two_versions(path, rng, n=300):
     ix.create_version("v1", dim=8)
     ix.register_version("v2", "v1", 8)
     ix.add(list(range(n)), rng.standard_normal((n, 8)).astype(np.float32), version="v1")
-    ix.add(list(range(n, n + 50)), rng.standard_normal((50, 8)).astype(np.float32), version="v2")
+    ix.add(list(range(n, n + 50)), rng.standard_normal((50, 8)).astype(np.float32), version="v2", raw=False)
     return ix
 
 
@@ -35,8 +35,8 @@ def test_a_one_version_write_rewrites_only_that_shard(tmp_path, rng):
     before_v1, before_v2 = stat_of(v1_file), stat_of(v2_file)
     time.sleep(0.01)
     with compatindex.open(path, device="cpu") as ix:
-        ix.add([1000, 1001], rng.standard_normal((2, 8)).astype(np.float32), version="v2")
-        ix.backfill([0, 1], rng.standard_normal((2, 8)).astype(np.float32), version="v2")  # keeps v1's vectors
+        ix.add([1000, 1001], rng.standard_normal((2, 8)).astype(np.float32), version="v2", raw=False)
+        ix.backfill([0, 1], rng.standard_normal((2, 8)).astype(np.float32), version="v2", raw=False)  # keeps v1's vectors
         seq = ix.backend.store.seq()
     assert stat_of(v1_file) == before_v1  # v1's shard file untouched ...
     assert stat_of(v2_file) != before_v2  # ... v2's rewritten
@@ -47,7 +47,7 @@ def test_a_one_version_write_rewrites_only_that_shard(tmp_path, rng):
         assert ro.backend.shards.events == []  # loaded as saved: no rebuild, no replay
         assert ro.verify() == []
     with compatindex.open(path, device="cpu") as ix:  # a write that removes v1 vectors does rewrite it
-        ix.backfill([2], rng.standard_normal((1, 8)).astype(np.float32), version="v2", drop_old=True)
+        ix.backfill([2], rng.standard_normal((1, 8)).astype(np.float32), version="v2", drop_old=True, raw=False)
     assert stat_of(v1_file) != before_v1
 
 
@@ -95,7 +95,7 @@ def test_shards_are_checkpointed_by_op_count_and_the_op_log_is_truncated(tmp_pat
 def test_shards_are_checkpointed_by_age(tmp_path, rng):
     ix = two_versions(tmp_path / "ix", rng)
     ix.backend.checkpoint_seconds = 0.2
-    ix.add([9999], rng.standard_normal((1, 8)).astype(np.float32), version="v2")
+    ix.add([9999], rng.standard_normal((1, 8)).astype(np.float32), version="v2", raw=False)
     seq = ix.backend.store.seq()
     assert wait_for(lambda: ix.backend.shards.saved_seq(1) == seq, timeout=5)
     ix.close()
@@ -107,17 +107,17 @@ def test_a_reader_left_behind_by_truncation_reloads_and_stays_exact(tmp_path, rn
     ix.backend.checkpoint_ops = 5
     ro = compatindex.open(path, readonly=True, device="cpu")
     Q = rng.standard_normal((5, 8)).astype(np.float32)
-    ro.search(Q, k=5, version="v2")
+    ro.search(Q, k=5, version="v2", raw=False)
     for step in range(40):  # the reader does not look meanwhile
-        ix.add([7000 + step], rng.standard_normal((1, 8)).astype(np.float32), version="v2")
+        ix.add([7000 + step], rng.standard_normal((1, 8)).astype(np.float32), version="v2", raw=False)
         ix.delete([step])
         if step % 10 == 9:
             ix.backend.checkpoint()
     with ix.backend.store.read() as r:
         assert ix.backend.store.oplog_from(r) > ro.backend.shards.seq + 1  # the reader's tail is gone
-    res = ro.search(Q, k=5, version="v2")
+    res = ro.search(Q, k=5, version="v2", raw=False)
     assert any("reloaded" in e for e in ro.backend.shards.events)
-    ref = ix.search(Q, k=5, version="v2")
+    ref = ix.search(Q, k=5, version="v2", raw=False)
     np.testing.assert_allclose(res.scores, ref.scores, atol=1e-5)
     assert res.ids.tolist() == ref.ids.tolist()
     assert ro.verify() == []
@@ -133,12 +133,12 @@ def test_a_replayed_tail_is_applied_once_per_shard_and_equals_the_writer(tmp_pat
     ix.flush()
     for step in range(30):  # adds, replacements in both versions, deletes, a new version midway
         ix.add([2000 + step], rng.standard_normal((1, 8)).astype(np.float32), version="v1")
-        ix.backfill([step, 2000 + step], rng.standard_normal((2, 8)).astype(np.float32), version="v2")
+        ix.backfill([step, 2000 + step], rng.standard_normal((2, 8)).astype(np.float32), version="v2", raw=False)
         ix.backfill([step], rng.standard_normal((1, 8)).astype(np.float32), version="v1")
         ix.delete([100 + step])
         if step == 15:
             ix.register_version("v3", "v2", 8)
-            ix.add([3000], np.ones((1, 8), np.float32), version="v3")
+            ix.add([3000], np.ones((1, 8), np.float32), version="v3", raw=False)
     calls = []
     real = faiss_shard.FaissShard.remove
 
@@ -152,7 +152,7 @@ def test_a_replayed_tail_is_applied_once_per_shard_and_equals_the_writer(tmp_pat
         assert any("replayed" in e for e in ro.backend.shards.events)
         assert len(calls) <= 3  # one removal per shard, not one per write
         for qv in ("v1", "v2", "v3"):
-            a, b = ro.search(q, k=10, version=qv), ix.search(q, k=10, version=qv)
+            a, b = ro.search(q, k=10, version=qv, raw=False), ix.search(q, k=10, version=qv, raw=False)
             assert a.ids.tolist() == b.ids.tolist()
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
         assert ro.verify() == []

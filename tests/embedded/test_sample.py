@@ -33,12 +33,12 @@ def mixed(tmp_path):
     ix.register_version("v2", "v1", 8)
     ix.add(list(range(3000)), rng.standard_normal((3000, 8)).astype(np.float32), version="v1",
            labels=[i % 7 for i in range(3000)])
-    ix.add(list(range(3000, 3500)), rng.standard_normal((500, 8)).astype(np.float32), version="v2")
+    ix.add(list(range(3000, 3500)), rng.standard_normal((500, 8)).astype(np.float32), version="v2", raw=False)
     # backfills put old items into later chunks; replacements and deletes leave dead rows behind
-    ix.backfill(list(range(2500, 0, -5)), rng.standard_normal((500, 8)).astype(np.float32), version="v2")
+    ix.backfill(list(range(2500, 0, -5)), rng.standard_normal((500, 8)).astype(np.float32), version="v2", raw=False)
     ix.backfill(list(range(0, 600, 3)), rng.standard_normal((200, 8)).astype(np.float32), version="v1")
     ix.backfill(list(range(10, 900, 9)), rng.standard_normal((99, 8)).astype(np.float32), version="v2",
-                drop_old=True)
+                drop_old=True, raw=False)
     ix.delete(list(range(1, 3500, 13)))
     yield ix
     ix.close()

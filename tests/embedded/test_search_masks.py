@@ -27,7 +27,7 @@ def chain_index(ix, bf, rng, n=600, dim=16):
     half = list(range(0, n, 2))
     for name in CHAIN[1:]:
         Y = rng.standard_normal((len(half), dim)).astype(np.float32)
-        ix.backfill(half, Y, version=name)
+        ix.backfill(half, Y, version=name, raw=False)
         bf.backfill(half, Y, name)
 
 
@@ -62,7 +62,7 @@ def test_flat_chain_search_is_exact_without_selectors(tmp_path, rng, count_selec
     Q = rng.standard_normal((50, 16)).astype(np.float32)
     count_selectors.clear()
     for qv in ("v6", "v3", "v1"):
-        assert_exact(ix.search(Q, k=k, version=qv), bf.search(Q, k, qv))
+        assert_exact(ix.search(Q, k=k, version=qv, raw=False), bf.search(Q, k, qv))
     assert count_selectors == []  # the flat path stayed on BLAS: no IDSelectorBitmap
     ix.close()
 
@@ -83,11 +83,11 @@ def test_queries_left_short_fall_back_to_a_selector_and_stay_exact(tmp_path, rng
     ix.add(list(range(400)), X, version="v1")
     bf.add(list(range(400)), X, "v1")
     Y = -np.ones((100, 8), np.float32) + 0.01 * rng.standard_normal((100, 8)).astype(np.float32)
-    ix.backfill(list(range(100)), Y, version="v2")  # ... and all of them are shadowed for v2 queries
+    ix.backfill(list(range(100)), Y, version="v2", raw=False)  # ... and all of them are shadowed for v2 queries
     bf.backfill(list(range(100)), Y, "v2")
     Q = np.stack([q, -q, rng.standard_normal(8).astype(np.float32)])
     for k in (5, 30):
-        assert_exact(ix.search(Q, k=k, version="v2"), bf.search(Q, k, "v2"))
+        assert_exact(ix.search(Q, k=k, version="v2", raw=False), bf.search(Q, k, "v2"))
     assert count_selectors, "the query left short never reached the selector fallback"
     ix.close()
 
@@ -104,7 +104,7 @@ def test_fully_shadowed_shards_are_not_searched(tmp_path, rng, monkeypatch):
 
     monkeypatch.setattr(faiss_shard.FaissShard, "search", spy)
     Q = rng.standard_normal((5, 16)).astype(np.float32)
-    assert_exact(ix.search(Q, k=10, version="v6"), bf.search(Q, 10, "v6"))
+    assert_exact(ix.search(Q, k=10, version="v6", raw=False), bf.search(Q, 10, "v6"))
     shards = ix.backend.shards.shards
     # v2..v5 hold only items that also hold v6: nothing of theirs can be returned for a v6 query
     assert {id(s) for s in searched} == {id(shards[0]), id(shards[5])}
@@ -115,8 +115,8 @@ def test_views_follow_writes_in_place(tmp_path, rng, monkeypatch):
     ix, bf = compatindex.open(tmp_path / "ix", device="cpu"), BruteForce()
     chain_index(ix, bf, rng, n=300)
     Q = rng.standard_normal((20, 16)).astype(np.float32)
-    ix.search(Q, k=10, version="v6")
-    ix.search(Q, k=10, version="v2")
+    ix.search(Q, k=10, version="v6", raw=False)
+    ix.search(Q, k=10, version="v2", raw=False)
     built = []
     real_init = PrefView.__init__
 
@@ -128,18 +128,18 @@ def test_views_follow_writes_in_place(tmp_path, rng, monkeypatch):
     for step in range(12):  # adds, backfills with and without drop_old, deletes
         lo = 1000 + 10 * step
         X = rng.standard_normal((10, 16)).astype(np.float32)
-        ix.add(list(range(lo, lo + 10)), X, version=CHAIN[step % 6])
+        ix.add(list(range(lo, lo + 10)), X, version=CHAIN[step % 6], raw=False)
         bf.add(list(range(lo, lo + 10)), X, CHAIN[step % 6])
         some = [int(i) for i in rng.choice(300, 15, replace=False)]
         some = [i for i in some if i in bf.items]
         Y = rng.standard_normal((len(some), 16)).astype(np.float32)
-        ix.backfill(some, Y, version=CHAIN[(step + 3) % 6], drop_old=step % 3 == 0)
+        ix.backfill(some, Y, version=CHAIN[(step + 3) % 6], drop_old=step % 3 == 0, raw=False)
         bf.backfill(some, Y, CHAIN[(step + 3) % 6], drop_old=step % 3 == 0)
         gone = [i for i in list(bf.items)[:3]]
         ix.delete(gone)
         bf.delete(gone)
         for qv in ("v6", "v2"):
-            assert_exact(ix.search(Q, k=10, version=qv), bf.search(Q, 10, qv))
+            assert_exact(ix.search(Q, k=10, version=qv, raw=False), bf.search(Q, 10, qv))
     assert built == []  # no view was recomputed over the gallery after a write
     sset = ix.backend.shards
     for pref, view in sset._views.items():  # the in-place state equals a fresh computation
@@ -164,7 +164,7 @@ def test_approximate_kinds_keep_their_masks(tmp_path, rng, spec):
     ix, bf = compatindex.open(tmp_path / "ix", device="cpu", shard=shard), BruteForce()
     chain_index(ix, bf, rng, n=400)
     Q = rng.standard_normal((10, 16)).astype(np.float32)
-    res = ix.search(Q, k=10, version="v6")
+    res = ix.search(Q, k=10, version="v6", raw=False)
     ref = bf.search(Q, 10, "v6")
     got = sum(len(set(a) & set(b)) for a, b in zip(res.ids.tolist(), ref[0]))
     assert got >= 0.95 * 100

@@ -128,7 +128,7 @@ def test_torch_mirror_follows_writes_in_place_with_the_cpus_masks(tmp_path, rng)
     q = rng.standard_normal((6, 8)).astype(np.float32)
     for ix in ixs.values():
         ix.add(list(range(600)), x, version="v1")
-        ix.search(q, k=5, version="v2")  # builds the mirror
+        ix.search(q, k=5, version="v2", raw=False)  # builds the mirror
     mirror = ixs["torch"].backend.shards._mirrors[0]
     assert isinstance(mirror, TorchMirror)
     for step in range(6):
@@ -136,7 +136,7 @@ def test_torch_mirror_follows_writes_in_place_with_the_cpus_masks(tmp_path, rng)
         ids = list(range(step * 20, step * 20 + 20))
         new = rng.standard_normal((5, 8)).astype(np.float32)
         for ix in ixs.values():
-            ix.backfill(ids, y, version="v2")  # v1 rows of these items become shadowed
+            ix.backfill(ids, y, version="v2", raw=False)  # v1 rows of these items become shadowed
             ix.delete([599 - step])
             ix.add([1000 + step * 5 + j for j in range(5)], new, version="v1")
         a, b = (ixs[d].search(q, k=10, version="v2") for d in ("cpu", "torch"))

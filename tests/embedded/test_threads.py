@@ -48,13 +48,13 @@ def test_eight_search_threads_and_a_writer_match_brute_force(tmp_path):
                     ever.update(ids)
                     Y = wrng.standard_normal((8, DIM)).astype(np.float32)
                     ver = "v1" if step % 2 else "v2"
-                    ix.add(ids, Y, version=ver)
+                    ix.add(ids, Y, version=ver, raw=False)
                     bf.add(ids, Y, ver)
                 elif kind == 1:  # backfill (replacing some v2 vectors), sometimes dropping old ones
                     live = list(bf.items)
                     ids = [live[int(i)] for i in wrng.choice(len(live), 10, replace=False)]
                     Y = wrng.standard_normal((10, DIM)).astype(np.float32)
-                    ix.backfill(ids, Y, version="v2", drop_old=step % 4 == 1)
+                    ix.backfill(ids, Y, version="v2", drop_old=step % 4 == 1, raw=False)
                     bf.backfill(ids, Y, "v2", drop_old=step % 4 == 1)
                 else:
                     live = list(bf.items)
@@ -72,7 +72,7 @@ def test_eight_search_threads_and_a_writer_match_brute_force(tmp_path):
         try:
             while not stop.is_set():
                 before = ix.backend.store.seq()
-                res = ix.search(Q, k=10, version=qv)
+                res = ix.search(Q, k=10, version=qv, raw=False)
                 after = ix.backend.store.seq()
                 n_searches[0] += 1
                 for row in res.ids.tolist():

@@ -34,10 +34,10 @@ def build(ix, *, metric: str = "cosine", seed: int = 7, ids: str = "str") -> Non
     ix.register_version("b2", "v1", 20)
     for ver, dim, lo in (("v2", 24, 200), ("v3", 32, 240), ("b2", 20, 280)):
         new = [name(i) for i in range(lo, lo + 25)]
-        ix.add(new, rng.standard_normal((25, dim)).astype(np.float32), version=ver, labels=[f"c{i % 3}" for i in range(25)])
-    ix.backfill(base[:60], rng.standard_normal((60, 24)).astype(np.float32), version="v2")
-    ix.backfill(base[40:70], rng.standard_normal((30, 32)).astype(np.float32), version="v3", drop_old=True)
-    ix.backfill(base[100:115], rng.standard_normal((15, 20)).astype(np.float32), version="b2")
+        ix.add(new, rng.standard_normal((25, dim)).astype(np.float32), version=ver, labels=[f"c{i % 3}" for i in range(25)], raw=False)
+    ix.backfill(base[:60], rng.standard_normal((60, 24)).astype(np.float32), version="v2", raw=False)
+    ix.backfill(base[40:70], rng.standard_normal((30, 32)).astype(np.float32), version="v3", drop_old=True, raw=False)
+    ix.backfill(base[100:115], rng.standard_normal((15, 20)).astype(np.float32), version="b2", raw=False)
     ix.delete(base[::13] + [name(205), name(250)])
 
 

@@ -19,14 +19,14 @@ def test_search_identical(pair, qv, score):
     assert isinstance(qd, compatindex.Index) and isinstance(qd.backend, QdrantBackend)
     q = queries(DIMS[qv])
     for k in (1, 10):
-        assert_same_results(qd.search(q, k, version=qv, score=score), emb.search(q, k, version=qv, score=score))
+        assert_same_results(qd.search(q, k, version=qv, score=score, raw=False), emb.search(q, k, version=qv, score=score, raw=False))
 
 
 def test_search_k_beyond_count_pads_like_embedded(pair):
     emb, qd, _ = pair
     q = queries(32, n=2)
     k = emb.count + 5
-    got, ref = qd.search(q, k, version="v3"), emb.search(q, k, version="v3")
+    got, ref = qd.search(q, k, version="v3", raw=False), emb.search(q, k, version="v3", raw=False)
     assert_same_results(got, ref)
     assert (got.ids[:, -5:] == None).all() and np.isneginf(got.scores[:, -5:]).all()  # noqa: E711
 
@@ -81,16 +81,16 @@ def test_int_ids_and_reopen(tmp_path):
     for path in (tmp_path / "e", url):
         with compatindex.open(path) as ix:
             ix.create_version("a", dim=8, metric="ip")
-            ix.add(np.arange(40), X, version="a")
+            ix.add(np.arange(40), X, version="a", raw=False)
             ix.register_version("b", "a", 12)
-            ix.backfill(list(range(10)), Y, version="b")
+            ix.backfill(list(range(10)), Y, version="b", raw=False)
             ix.delete([3, 39])
-            refs.append(ix.search(Q, 8, version="b", score="pad"))
+            refs.append(ix.search(Q, 8, version="b", score="pad", raw=False))
     assert_same_results(refs[1], refs[0])
     with compatindex.open(url, readonly=True) as again:  # everything lives in Qdrant
-        assert_same_results(again.search(Q, 8, version="b", score="pad"), refs[0])
+        assert_same_results(again.search(Q, 8, version="b", score="pad", raw=False), refs[0])
         assert again.stats()["id_kind"] == "int" and again.count == 38
-        assert isinstance(again.search(Q, 1, version="b").ids[0, 0], int)
+        assert isinstance(again.search(Q, 1, version="b", raw=False).ids[0, 0], int)
         assert again.verify() == []
 
 
@@ -103,7 +103,7 @@ def test_raw_queries_through_a_head(tmp_path):
             ix.create_version("a", dim=8)
             ix.register_version("b", "a", 16, head=head)
             rng = np.random.default_rng(5)
-            ix.add(list(range(40)), rng.standard_normal((40, 8)).astype(np.float32), version="a")
+            ix.add(list(range(40)), rng.standard_normal((40, 8)).astype(np.float32), version="a", raw=False)
             ix.add(list(range(40, 60)), rng.standard_normal((20, 12)).astype(np.float32), version="b", raw=True)
             out.append(ix.search(rng.standard_normal((3, 12)).astype(np.float32), 6, version="b", raw=True))
     assert_same_results(out[1], out[0])

@@ -32,7 +32,7 @@ def both():
         ix.create_version("v1", dim=4)
         ix.add(["a", "b", "c"], np.eye(4, dtype=F)[:3], labels=[1, 2, 3])
         ix.register_version("v2", "v1", 6)
-        ix.backfill(["a"], np.ones((1, 6), F), version="v2")
+        ix.backfill(["a"], np.ones((1, 6), F), version="v2", raw=False)
     yield e, q
     e.close()
     q.close()
@@ -53,11 +53,11 @@ CASES = {
     "k zero": lambda ix: ix.search(X4, 0, version="v1"),
     "k float": lambda ix: ix.search(X4, 2.0, version="v1"),
     "bad score": lambda ix: ix.search(X4, 1, version="v1", score="cos"),
-    "query dim": lambda ix: ix.search(X4, 1, version="v2"),
+    "query dim": lambda ix: ix.search(X4, 1, version="v2", raw=False),
     "delete unknown": lambda ix: ix.delete(["a", "nope"]),
     "delete int ids": lambda ix: ix.delete([1]),
-    "backfill unknown": lambda ix: ix.backfill(["nope"], np.ones((1, 6), F), version="v2"),
-    "backfill dim": lambda ix: ix.backfill(["a"], X4, version="v2"),
+    "backfill unknown": lambda ix: ix.backfill(["nope"], np.ones((1, 6), F), version="v2", raw=False),
+    "backfill dim": lambda ix: ix.backfill(["a"], X4, version="v2", raw=False),
     "get_vectors no such vector": lambda ix: ix.get_vectors(["b"], version="v2"),
     "get_vectors unknown id": lambda ix: ix.get_vectors(["q"], version="v1"),
     "fetch bad limit": lambda ix: ix.fetch("v1", limit=0),

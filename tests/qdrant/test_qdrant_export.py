@@ -36,7 +36,7 @@ def test_round_trip_and_resume(source):
         for qv in DIMS:
             for score in ("renorm", "pad"):
                 q = queries(DIMS[qv], seed=5)
-                assert_same_results(qd.search(q, 10, version=qv, score=score), emb.search(q, 10, version=qv, score=score))
+                assert_same_results(qd.search(q, 10, version=qv, score=score, raw=False), emb.search(q, 10, version=qv, score=score, raw=False))
         for v in DIMS:
             a, b = emb.fetch(v), qd.fetch(v)
             assert a.ids == b.ids and a.labels == b.labels  # same order: insertion order is kept
@@ -58,7 +58,7 @@ def test_round_trip_and_resume(source):
     assert again["ok"] and again["copied"] == 6 and again["skipped"] == emb.count - 6
     with compatindex.open(url, readonly=True) as qd:
         q = queries(32, seed=8)
-        assert_same_results(qd.search(q, 10, version="v3"), emb.search(q, 10, version="v3"))
+        assert_same_results(qd.search(q, 10, version="v3", raw=False), emb.search(q, 10, version="v3", raw=False))
         assert qd.verify() == []
 
 

@@ -41,7 +41,7 @@ def test_concurrent_backfills_of_the_same_items_lose_nothing():
         def writer(version: str) -> None:
             try:
                 for lo in range(0, 60, 10):
-                    ix.backfill(ids[lo:lo + 10], X[version][lo:lo + 10], version=version)
+                    ix.backfill(ids[lo:lo + 10], X[version][lo:lo + 10], version=version, raw=False)
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
                 barrier.abort()
@@ -57,7 +57,7 @@ def test_concurrent_backfills_of_the_same_items_lose_nothing():
             got = ix.get_vectors(ids, version=v)
             np.testing.assert_allclose(got, X[v] / np.linalg.norm(X[v], axis=1, keepdims=True), atol=1e-5)
             # and search sees every item through its own version's vector
-            res = ix.search(X[v], k=1, version=v)
+            res = ix.search(X[v], k=1, version=v, raw=False)
             assert list(res.ids[:, 0]) == ids and set(res.versions[:, 0]) == {v}
         assert ix.verify() == []
 
@@ -75,7 +75,7 @@ def test_one_query_batch_per_search(pair):
     client.query_batch_points = counting
     try:
         q = queries(DIMS["v3"], n=40)
-        qd.search(q, 5, version="v3")
+        qd.search(q, 5, version="v3", raw=False)
     finally:
         client.query_batch_points = real
     assert calls == [40 * len(DIMS)]  # every (query, version) request in one round trip

@@ -25,12 +25,12 @@ def main(path: str, ack: str, start: int) -> None:
     while True:
         ids = list(range(i, i + 20))
         ver = "v1" if step % 2 == 0 else "v2"
-        ix.add(ids, np.stack([vec(j, ver) for j in ids]), version=ver)
+        ix.add(ids, np.stack([vec(j, ver) for j in ids]), version=ver, raw=False)
         os.write(fd, f"add {ver} {i}\n".encode())
         os.fsync(fd)
         if step % 3 == 2:  # backfill the v1 items of the previous add pair into v2
             back = list(range(i - 20, i))
-            ix.backfill(back, np.stack([vec(j, "v2") for j in back]), version="v2")
+            ix.backfill(back, np.stack([vec(j, "v2") for j in back]), version="v2", raw=False)
             os.write(fd, f"backfill v2 {i - 20}\n".encode())
             os.fsync(fd)
         i += 20

@@ -57,7 +57,7 @@ def writer_main(path: str, log_path: str, seconds: float, deletes: bool, seed: i
             ids = list(range(next_id, next_id + BATCH))
             vseed = rng.randrange(2**31)
             log.write({"t": "intent", "op": "add", "ids": ids, "version": v, "vseed": vseed})
-            res = ix.add(ids, crashkit.gen_vectors(vseed, BATCH, versions[v]), version=v)
+            res = ix.add(ids, crashkit.gen_vectors(vseed, BATCH, versions[v]), version=v, raw=False)
             log.write({"t": "ack", "op": "add", "seq": res.seq})
             batches.append(next_id)
             next_id += BATCH
@@ -67,7 +67,7 @@ def writer_main(path: str, log_path: str, seconds: float, deletes: bool, seed: i
             ids = rng.sample(live, BATCH)
             vseed = rng.randrange(2**31)
             log.write({"t": "intent", "op": "backfill", "ids": ids, "version": v, "vseed": vseed, "drop_old": False})
-            res = ix.backfill(ids, crashkit.gen_vectors(vseed, BATCH, versions[v]), version=v)
+            res = ix.backfill(ids, crashkit.gen_vectors(vseed, BATCH, versions[v]), version=v, raw=False)
             log.write({"t": "ack", "op": "backfill", "seq": res.seq})
         else:
             b = rng.choice(batches[:-1])  # never the newest batch: the newest visible id only grows
@@ -106,7 +106,7 @@ def reader_main(path: str, done_flag: str, out_path: str, deletes: bool, seed: i
             vs = {v.name: (v.parent, v.dim) for v in ix.versions()}
             qv = rng.choice(sorted(vs))
             Q = rng.standard_normal((2, vs[qv][1])).astype(np.float32)
-            res = ix.search(Q, k=8, version=qv)
+            res = ix.search(Q, k=8, version=qv, raw=False)
             stats["searches"] += 1
             fetched = {v: ix.fetch(v) for v in vs}
             s1 = ix.stats()

@@ -126,7 +126,7 @@ def child_main(path: str, log_path: str, seed: int, next_id: int, focus: str = "
             vseed = rng.randrange(2**31)
             x = gen_vectors(vseed, BATCH, versions[v][1])
             call({"op": "add", "ids": ids, "version": v, "vseed": vseed},
-                 lambda: ix.add(ids, x, version=v, labels=[i % 5 for i in ids]))
+                 lambda: ix.add(ids, x, version=v, labels=[i % 5 for i in ids], raw=False))
             for i in ids:
                 items[i] = {v}
         elif r < cuts[2]:
@@ -136,7 +136,7 @@ def child_main(path: str, log_path: str, seed: int, next_id: int, focus: str = "
             drop = rng.random() < 0.3
             x = gen_vectors(vseed, BATCH, versions[v][1])
             call({"op": "backfill", "ids": ids, "version": v, "vseed": vseed, "drop_old": drop},
-                 lambda: ix.backfill(ids, x, version=v, drop_old=drop))
+                 lambda: ix.backfill(ids, x, version=v, drop_old=drop, raw=False))
             for i in ids:
                 items[i] = {v} if drop else items[i] | {v}
         elif r < cuts[3]:
@@ -315,7 +315,7 @@ def check_search(ix, versions, order, items, rng: np.random.Generator, k: int = 
     names = sorted(versions)
     for qv in rng.choice(names, size=min(len(names), 6), replace=False).tolist():
         Q = rng.standard_normal((3, versions[qv][1])).astype(np.float32)
-        res = ix.search(Q, k=k, version=qv)
+        res = ix.search(Q, k=k, version=qv, raw=False)
         problem = compare_search(res, brute_search(versions, order, items, Q, k, qv))
         if problem:
             return f"search with {qv} queries: {problem}"

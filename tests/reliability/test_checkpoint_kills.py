@@ -58,7 +58,7 @@ def test_kill_during_checkpoints_loses_nothing_acknowledged(tmp_path):
             # search equals brute force over what the index holds
             fetched = {v: ix.fetch(v) for v in ("v1", "v2")}
             q = np.random.default_rng(round_).standard_normal((3, 16)).astype(np.float32)
-            res = ix.search(q, k=5, version="v2")
+            res = ix.search(q, k=5, version="v2", raw=False)
             rep: dict = {}
             for v in ("v1", "v2"):  # v2 represents an item when it holds one
                 for i, x in zip(fetched[v].ids, fetched[v].vectors):

@@ -32,14 +32,14 @@ def with_dead_data(path: Path) -> None:
         ix.add(list(range(3000)), rng.standard_normal((3000, 16)).astype(np.float32), version="v1")
         for _ in range(3):
             ix.backfill(list(range(0, 3000, 2)), rng.standard_normal((1500, 16)).astype(np.float32), version="v1")
-        ix.backfill(list(range(500)), rng.standard_normal((500, 16)).astype(np.float32), version="v2")
+        ix.backfill(list(range(500)), rng.standard_normal((500, 16)).astype(np.float32), version="v2", raw=False)
         ix.delete(list(range(2900, 3000)))
 
 
 def snapshot(path: Path):
     q = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
     with compatindex.open(path, device="cpu", readonly=True) as ro:
-        res = ro.search(q, k=10, version="v2")
+        res = ro.search(q, k=10, version="v2", raw=False)
         return {"count": ro.count, "v1": ro.fetch("v1"), "v2": ro.fetch("v2"), "ids": res.ids.tolist(),
                 "scores": res.scores}
 
@@ -120,12 +120,12 @@ def test_a_reader_in_another_process_follows_a_compaction(tmp_path):
     before = snapshot(path)
     q = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
     ro = compatindex.open(path, device="cpu", readonly=True)
-    assert ro.search(q, k=10, version="v2").ids.tolist() == before["ids"]
+    assert ro.search(q, k=10, version="v2", raw=False).ids.tolist() == before["ids"]
     p = subprocess.run([sys.executable, str(CHILD), "none", str(path)], env=ENV, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert ro.backend.store.replaced()
-    res = ro.search(q, k=10, version="v2")  # reopens the new store and reloads its shards
+    res = ro.search(q, k=10, version="v2", raw=False)  # reopens the new store and reloads its shards
     assert not ro.backend.store.replaced()
     assert res.ids.tolist() == before["ids"]
     assert ro.stats()["storage"]["dead_vector_bytes"] == 0

@@ -28,7 +28,7 @@ def base(tmp_path_factory):
             ids = [f"id{b}_{i}" for i in range(100)]
             ix.add(ids, rng.standard_normal((100, 16)), labels=list(range(100)), metadata=[{"b": b}] * 100)
         ix.register_version("v2", "v1", 20)
-        ix.backfill([f"id0_{i}" for i in range(50)], rng.standard_normal((50, 20)), version="v2")
+        ix.backfill([f"id0_{i}" for i in range(50)], rng.standard_normal((50, 20)), version="v2", raw=False)
     return path
 
 
@@ -91,7 +91,7 @@ try:
         problems = ix.verify()
         ix.fetch("v1"); ix.fetch("v2")
         ix.search(np.ones((2, 16), np.float32), k=5, version="v1")
-        ix.search(np.ones((2, 20), np.float32), k=5, version="v2")
+        ix.search(np.ones((2, 20), np.float32), k=5, version="v2", raw=False)
     print("OK", len(problems), "|".join(problems)[:300])
 except CompatIndexError as e:
     print("ERR", type(e).__name__, str(e)[:300])

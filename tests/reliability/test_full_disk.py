@@ -40,7 +40,7 @@ try:
     if what == "add":
         ix.add(list(range(10**6, 10**6 + n)), rng.standard_normal((n, 32)), version="v1")
     elif what == "backfill":
-        ix.backfill(list(range(2000)), rng.standard_normal((2000, 40)), version="v2")
+        ix.backfill(list(range(2000)), rng.standard_normal((2000, 40)), version="v2", raw=False)
     elif what == "register":
         ix.register_version("v3", "v1", 1024, extension=np.eye(1024), report={"blob": "x" * 2_000_000})
     out["outcome"] = "fitted"

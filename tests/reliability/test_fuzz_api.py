@@ -27,14 +27,14 @@ def ix(tmp_path_factory):
     q, r = np.linalg.qr(rng.standard_normal((12, 12)))
     index.register_version("v2", "v1", 12, extension=q * np.sign(np.diag(r)))
     index.add(list(range(50)), rng.standard_normal((50, 8)), version="v1", labels=[i % 3 for i in range(50)])
-    index.backfill(list(range(20)), rng.standard_normal((20, 12)), version="v2")
+    index.backfill(list(range(20)), rng.standard_normal((20, 12)), version="v2", raw=False)
     yield index
     index.close()
 
 
 def snapshot(ix):
     s = ix.stats()
-    res = ix.search(np.ones((1, 12), np.float32), k=60, version="v2")
+    res = ix.search(np.ones((1, 12), np.float32), k=60, version="v2", raw=False)
     return (s["items"], s["seq"], {v: d["vectors"] for v, d in s["versions"].items()},
             res.ids.tolist(), res.scores.tolist())
 
@@ -120,10 +120,10 @@ def attempt(ix, fn):
 @given(x=arrays(), ids=ids_st, version=version_st, labels=st.sampled_from([None, [1], ["a", "b"], [1.5], [None] * 3]))
 def test_add_and_backfill_fuzz(ix, x, ids, version, labels):
     before = snapshot(ix)
-    if attempt(ix, lambda: ix.add(ids, x, version=version, labels=labels)):
+    if attempt(ix, lambda: ix.add(ids, x, version=version, labels=labels, raw=False)):
         assert snapshot(ix) == before
     before = snapshot(ix)
-    if attempt(ix, lambda: ix.backfill(ids, x, version=version, drop_old=False)):
+    if attempt(ix, lambda: ix.backfill(ids, x, version=version, drop_old=False, raw=False)):
         assert snapshot(ix) == before
     # successful adds are undone so the gallery stays small and stable for later examples
     extra = [i for i in ix.fetch("v1").ids + ix.fetch("v2").ids if not (isinstance(i, int) and 0 <= i < 50)]

@@ -35,7 +35,8 @@ def base(tmp_path_factory):
     with compatindex.open(path) as ix:
         ix.create_version("v1", dim=8)
         ix.register_version("v2", "v1", 8, head={"kind": "normalize"}, report={"k": np.ones(2)})
-        ix.add(list(range(30)), rng.standard_normal((30, 8)), labels=list(range(30)), metadata=[{"m": 1}] * 30)
+        ix.add(list(range(30)), rng.standard_normal((30, 8)), version="v2", raw=False, labels=list(range(30)),
+               metadata=[{"m": 1}] * 30)
     return path
 
 
@@ -50,7 +51,7 @@ def _exercise(path):
         try:
             with compatindex.open(path, readonly=readonly) as ix:
                 ix.verify()
-                ix.search(np.ones((1, 8), np.float32), k=3)
+                ix.search(np.ones((1, 8), np.float32), k=3, version="v2", raw=False)
                 ix.fetch("v1")
                 [v.head for v in ix.versions()]
             outcomes.append("ok")

@@ -1,9 +1,11 @@
 """Accelerator mirrors of a CPU shard, used for search only (docs/concepts.md, "Storage").
 
 - :class:`FaissGpuMirror`: a faiss GPU copy of a flat or IVF shard, when faiss sees GPUs. GPU
-  indexes have no ``remove_ids`` and no bitmap selectors, so the CPU shard stays authoritative:
-  the mirror is rebuilt after a write to its shard, and excluded ids are filtered by
-  over-fetching (past ``GPU_MAX_K`` the CPU searches). Not verified on a GPU by these tests.
+  indexes have no ``remove_ids`` and no bitmap selectors, so the mirror keeps rows by position,
+  follows writes in place (dead rows marked) and applies the CPU's masks by over-fetching in
+  proportion to the rows a query may not return (no cliff at a count of excluded items). The
+  tests run it with a CPU stand-in for the device; the GPU transfer is verified only by
+  ``bench/gpu_check.py`` on a GPU machine.
 - :class:`TorchMirror`: an exact shard in torch (matmul + top-k, optional float16), for machines
   where torch sees CUDA but faiss has no GPU support. It takes the CPU's masks (the same
   bitmaps, applied as ``-inf`` before top-k: no over-fetch), and follows writes in place (rows
@@ -98,34 +100,107 @@ class TorchMirror:
 
 
 class FaissGpuMirror:
-    """A faiss GPU copy of a CPU shard (flat or IVF)."""
+    """A faiss GPU copy of a CPU shard (flat or IVF), searched with the CPU's masks.
+
+    GPU indexes take no bitmap selector and cannot remove rows, so the mirror stores the shard's
+    live vectors at positions ``0..n-1`` (``ids[pos]`` maps back), follows writes in place (added
+    rows appended, removed rows marked dead) and searches with over-fetch sized by the fraction of
+    rows a query may not return (dead, shadowed or filtered out): ``k * n / n_allowed`` plus
+    slack, rounds of 4x more for queries left short. Only when that passes the GPU's k limit
+    (``GPU_MAX_K``: fewer than about ``k / GPU_MAX_K`` of the rows allowed) does the CPU shard
+    search, where such a selective mask is cheap anyway. Rebuilt once dead rows pass 20%.
+
+    Parameters
+    ----------
+    shard:
+        The CPU shard to mirror.
+    to_device:
+        Moves a CPU faiss index to the accelerator; default ``faiss.index_cpu_to_gpu`` on GPU 0.
+        The tests pass the identity to exercise the masks and refreshes on the CPU; the GPU
+        transfer itself is verified only by ``bench/gpu_check.py`` on a GPU machine.
+    """
 
     _resources: Any = None
+    SLACK = 1.2
 
-    def __init__(self, shard: FaissShard) -> None:
-        if FaissGpuMirror._resources is None:
-            FaissGpuMirror._resources = faiss.StandardGpuResources()  # one per process, kept alive
+    def __init__(self, shard: FaissShard, *, to_device: Any = None) -> None:
+        if to_device is None:
+            if FaissGpuMirror._resources is None:
+                FaissGpuMirror._resources = faiss.StandardGpuResources()  # one per process, kept alive
+            res = FaissGpuMirror._resources
+
+            def to_device(index: Any) -> Any:
+                return faiss.index_cpu_to_gpu(res, 0, index)
+
         self.shard = shard
-        self.ids = shard.ids()
-        src = shard.staging if shard.staging is not None else shard.index
-        self.index = faiss.index_cpu_to_gpu(FaissGpuMirror._resources, 0, src)
+        ids, x = shard.vectors()
+        self.ids = ids
+        self.alive = np.ones(len(ids), dtype=bool)
+        trained = shard.spec.kind == "ivf" and shard.staging is None
+        if trained:  # same coarse quantizer, rows stored under their positions
+            cpu = faiss.clone_index(shard.index)
+            cpu.reset()
+            cpu.add_with_ids(x, np.arange(len(ids), dtype=np.int64))
+        else:  # flat, or an IVF shard still waiting for its training sample (searched exactly)
+            cpu = faiss.IndexFlatIP(shard.dim)
+            cpu.add(x)
+        self.positional_ids = trained
+        self.index = to_device(cpu)
+        if trained:
+            try:
+                self.index.nprobe = shard.spec.nprobe
+            except AttributeError:  # pragma: no cover - a GPU index without the attribute
+                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", shard.spec.nprobe)
 
     def refresh(self, removed: np.ndarray, added: np.ndarray, x: np.ndarray | None) -> bool:
-        """Follow a write; False: the mirror is rebuilt from the shard (GPU indexes have no
-        ``remove_ids``). Unverified here: no GPU on the machines these tests run on."""
-        return False
+        """Follow one write in place; False (rebuild from the shard) once dead rows pass 20%."""
+        if len(removed):
+            self.alive &= ~np.isin(self.ids, removed)
+        if len(added):
+            assert x is not None
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            pos = np.arange(len(self.ids), len(self.ids) + len(added), dtype=np.int64)
+            if self.positional_ids:
+                self.index.add_with_ids(x, pos)
+            else:
+                self.index.add(x)
+            self.ids = np.concatenate([self.ids, np.asarray(added, dtype=np.int64)])
+            self.alive = np.concatenate([self.alive, np.ones(len(added), dtype=bool)])
+        return int((~self.alive).sum()) <= 0.2 * max(len(self.ids), 1)
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        mask = _bits(allowed, self.ids)
-        excluded = 0 if mask is None else int((~mask).sum())
-        want = min(k + excluded, len(self.ids))
-        if want > GPU_MAX_K:
-            return self.shard.search(q, k, allowed)  # beyond the GPU's k limit: exact on the CPU
-        D, I = self.index.search(q, want)
-        if mask is not None and excluded:
-            ok = _bits(allowed, np.where(I >= 0, I, 0)) & (I >= 0)
-            D = np.where(ok, D, -np.inf)
-            order = np.argsort(-D, axis=1, kind="stable")
-            D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
-            I = np.where(np.isfinite(D), I, -1)
-        return D[:, :k], I[:, :k]
+        n = len(self.ids)
+        bits = _bits(allowed, self.ids)
+        ok = self.alive if bits is None else (self.alive & bits)
+        n_ok = int(ok.sum())
+        nq = len(q)
+        if min(k, n_ok) == 0:
+            return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64)
+        width = min(k, n)  # as the CPU shard: -1 ids pad past the allowed rows
+        D = np.full((nq, width), -np.inf, dtype=np.float32)
+        I = np.full((nq, width), -1, dtype=np.int64)
+        k = min(k, n_ok)
+        everything = n_ok == n
+        kk = k if everything else min(n, int(k * n / n_ok * self.SLACK) + 16)
+        rows = np.arange(nq)
+        qs = np.ascontiguousarray(q, dtype=np.float32)
+        while len(rows):
+            if kk > GPU_MAX_K:  # too selective for the GPU's k limit: the CPU shard (cheap then)
+                d, i = self.shard.search(qs, k, allowed)
+                D[rows, : d.shape[1]], I[rows, : d.shape[1]] = d, i
+                break
+            d, p = self.index.search(qs, kk)
+            good = (p >= 0) & ok[np.where(p >= 0, p, 0)]
+            order = np.argsort(~good, axis=1, kind="stable")[:, :k]  # allowed hits first, in score order
+            d = np.take_along_axis(d, order, 1)
+            p = np.take_along_axis(p, order, 1)
+            g = np.take_along_axis(good, order, 1)
+            w = d.shape[1]
+            D[rows, :w] = np.where(g, d, -np.inf)
+            I[rows, :w] = np.where(g, self.ids[np.where(g, p, 0)], -1)
+            if everything or kk >= n:
+                break
+            short = g.sum(axis=1) < k
+            rows, qs = rows[short], qs[short]
+            kk = min(n, kk * 4)
+        return D, I

@@ -98,6 +98,8 @@ class FaissShard:
         self.staging = None  # untrained IVF: vectors wait in an exact flat index
         self.trained_on = 0  # IVF: vectors the coarse quantizer was trained on
         self.retrains = 0  # IVF: retrains done by this process (the shard outgrew its training)
+        self.version = 0  # bumped by every change of the contents (keys caches such as row maps)
+        self._rowmap: tuple[int, Any] | None = None
         if spec.kind == "ivf":
             self.staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -168,6 +170,7 @@ class FaissShard:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(iids) == 0:
             return
+        self.version += 1
         if self.staging is not None:
             self.staging.add_with_ids(x, iids)
             self._maybe_train()
@@ -197,6 +200,7 @@ class FaissShard:
         """IVF: train a new coarse quantizer on the shard's current vectors (at most 256 per list,
         drawn evenly) and re-add them all: the training sample no longer represented the shard."""
         ids, x = self.vectors()
+        self.version += 1
         cap = 256 * self.spec.nlist
         sample = x if len(x) <= cap else x[np.linspace(0, len(x) - 1, cap).astype(np.int64)]
         self.index = self._empty_index()
@@ -210,6 +214,7 @@ class FaissShard:
         iids = np.ascontiguousarray(iids, dtype=np.int64)
         if len(iids) == 0:
             return
+        self.version += 1
         if self.spec.kind == "hnsw":
             # HNSW graphs cannot drop nodes: tombstone the live nodes of these ids (a replacement
             # then adds a fresh node), and rebuild once tombstones pass 20% of the graph.
@@ -276,6 +281,7 @@ class FaissShard:
     def compact(self) -> None:
         """Rebuild the index from its live vectors (drops tombstones)."""
         ids, x = self.vectors()
+        self.version += 1
         self.tombstones = set()
         self._labels = None
         self.index = self._empty_index()
@@ -283,8 +289,51 @@ class FaissShard:
             self.staging = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self.add(ids, x)
 
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None:
+        """Exact row access for filtered search: ``(xb, ids, pos, identity)`` where ``xb`` is the
+        ``(rows, dim)`` float32 storage (a view, not a copy), ``ids[row]`` the internal id of each row
+        (-1: a tombstone), ``pos[iid]`` the row of each internal id (-1: none) and ``identity`` says
+        ``ids == arange``. None for IVF (its vectors live in inverted lists). Cached per contents."""
+        if self._rowmap is not None and self._rowmap[0] == self.version:
+            return self._rowmap[1]
+        if self.spec.kind == "ivf" and self.staging is None:
+            return None
+        idx = self.staging if self.staging is not None else self.index
+        n = int(idx.ntotal)
+        ids = faiss.vector_to_array(idx.id_map).astype(np.int64)
+        inner = faiss.downcast_index(idx.index)
+        store = faiss.downcast_index(inner.storage) if self.spec.kind == "hnsw" and self.staging is None else inner
+        xb = faiss.rev_swig_ptr(store.get_xb(), n * self.dim).reshape(n, self.dim) if n else \
+            np.zeros((0, self.dim), np.float32)
+        if self.tombstones:
+            ids = np.where(self._live_nodes(), ids, -1)
+        identity = bool(n == 0 or (ids[0] == 0 and ids[-1] == n - 1 and np.array_equal(ids, np.arange(n))))
+        top = int(ids.max()) + 1 if n else 0
+        pos = np.full(top, -1, dtype=np.int64)
+        ok = ids >= 0
+        pos[ids[ok]] = np.flatnonzero(ok)
+        out = (xb, ids, pos, identity)
+        self._rowmap = (self.version, out)
+        return out
+
+    def search_rows(self, q: np.ndarray, k: int, rowbits: np.ndarray, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Flat or HNSW: top-``k`` among the rows set in the little-endian bitmap ``rowbits``, searched
+        on the inner index (no id translation per row), ids mapped back (-1 pads)."""
+        xb, ids, _, _ = self.rows()  # type: ignore[misc]
+        idx = self.staging if self.staging is not None else self.index
+        inner = faiss.downcast_index(idx.index)
+        sel = faiss.IDSelectorBitmap(len(rowbits), faiss.swig_ptr(rowbits))
+        if isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.spec.ef_search, k, ef or 0))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        D, N = inner.search(q, k, params=params)
+        I = np.where(N >= 0, ids[np.where(N >= 0, N, 0)], -1)
+        return D, I
+
     # -- search ------------------------------------------------------------------------------
-    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product among allowed ids.
 
         Parameters
@@ -313,7 +362,7 @@ class FaissShard:
             params = None
             if sel is not None or self.spec.kind != "flat":
                 if isinstance(idx, faiss.IndexIVF):
-                    params = faiss.SearchParametersIVF(sel=sel, nprobe=self.spec.nprobe)
+                    params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or self.spec.nprobe)
                 elif self.spec.kind == "hnsw":
                     params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.spec.ef_search, k))
                 elif sel is not None:

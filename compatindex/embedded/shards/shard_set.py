@@ -163,6 +163,7 @@ class ShardSet:
         self._saved_seq: dict[int, int] = {}
         self._dirty: set[int] = set()  # shards changed since they were last saved
         self.events: list[str] = []  # rebuilds and replays done on open, for stats() and logs
+        self.filter_cache: dict[Any, Any] = {}  # filtered search: allowed rows per (mask, shard state)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self, store, versions: Iterable[tuple[int, int]]) -> None:
@@ -206,13 +207,16 @@ class ShardSet:
         self.shards, self.dims, self._saved_seq, self._dirty = {}, {}, {}, set()
         self._views.clear()
         self._mirrors.clear()
+        self.filter_cache.clear()
         self.held = np.zeros(0, dtype=np.uint64)
         self.events.append(f"shards at seq {old_seq} reloaded: the op log was truncated past them")
         self.open(store, versions)
 
     def _rebuild(self, store, vcode: int, dim: int, seq: int) -> FaissShard:
         shard = FaissShard(dim, self.spec)
-        with store.read() as r:  # one snapshot: the shard holds exactly the writes up to r.seq()
+        # one snapshot: the shard holds exactly the writes up to r.seq(); buffers=True so that only
+        # live rows are copied out of the memory map
+        with store.read(buffers=True) as r:
             seq = r.seq()
             for iids, x in store.iter_live(vcode, dim, reader=r):
                 shard.add(iids, x)
@@ -230,6 +234,20 @@ class ShardSet:
         self._saved_seq[vcode] = -1
         self._touch()
 
+    def drop_version(self, vcode: int, *, delete_files: bool = False) -> None:
+        """Forget a retired version's shard (its vectors are gone from the store); the writer also
+        deletes its files."""
+        self.shards.pop(vcode, None)
+        self.dims.pop(vcode, None)
+        self._saved_seq.pop(vcode, None)
+        self._dirty.discard(vcode)
+        self.held &= ~(np.uint64(1) << np.uint64(vcode))
+        self._touch()
+        if delete_files and self.folder is not None:
+            for f in self.files(vcode) or ():
+                f.unlink(missing_ok=True)
+                f.with_name(f.name + ".tmp").unlink(missing_ok=True)
+
     def sync(self, store) -> int:
         """Replay every write committed after the shards' sequence number; returns ops replayed.
 
@@ -240,7 +258,7 @@ class ShardSet:
             if r.seq() <= self.seq:
                 return 0
             if store.oplog_from(r) > self.seq + 1:
-                versions = [(rec["code"], rec["dim"]) for rec in r.versions()]
+                versions = [(rec["code"], rec["dim"]) for rec in r.versions() if not rec.get("retired")]
                 behind = True
             else:
                 behind = False
@@ -257,10 +275,14 @@ class ShardSet:
         with store.read() as r:
             if r.seq() <= self.seq:
                 return 0
+            # retired versions hold nothing in this snapshot: their shards go, their ops are skipped
+            retired = {rec["code"] for rec in r.versions() if rec.get("retired")}
+            for vc in retired & set(self.shards):
+                self.drop_version(vc)
             for seq, op in store.oplog_since(self.seq, reader=r):
                 if op.get("v") is not None:
                     for rec in r.versions():
-                        if rec["name"] == op["v"] and rec["code"] not in self.shards:
+                        if rec["name"] == op["v"] and rec["code"] not in self.shards and rec["code"] not in retired:
                             self.add_version(rec["code"], rec["dim"], seq - 1)
                 for vc, ids in op.get("r", []):
                     shard = self.shards.get(vc)
@@ -410,6 +432,7 @@ class ShardSet:
         """Forget every cached view and mirror (a new version changes every preference order)."""
         self._views.clear()
         self._mirrors.clear()
+        self.filter_cache.clear()
 
     def view(self, preference: list[int] | tuple[int, ...]) -> PrefView:
         """The :class:`PrefView` of a query whose versions rank as ``preference`` (codes)."""
@@ -441,8 +464,10 @@ class ShardSet:
         the shadowed fraction), and only the queries left short are searched again, with a
         selector once the candidates would pass ``OVERFETCH_MAX``.
         """
-        shard = self.shards[vcode]
+        shard = self.shards.get(vcode)
         nq = q.shape[0]
+        if shard is None:  # a retired version: it holds nothing
+            return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64)
         n = shard.ntotal
         shadowed = 0 if view is None else view.shadowed.get(vcode, 0)
         if n == 0 or shadowed >= n:
@@ -479,6 +504,16 @@ class ShardSet:
             rows, qs = rows[short], qs[short]
             kk = min(n, kk * 4)
         return D, I
+
+    def search_where(self, vcode: int, q: np.ndarray, k: int, view: PrefView | None,
+                     match: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of shard ``vcode`` among the items it represents in ``view`` that the bool mask
+        ``match`` (over internal ids) allows; exact shards stay exact (:mod:`.filtered`)."""
+        from .filtered import search_filtered
+
+        if vcode not in self.shards:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        return search_filtered(self, vcode, q, k, view, match)
 
     def _search(self, vcode: int, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         shard = self.shards[vcode]
