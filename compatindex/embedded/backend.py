@@ -29,6 +29,7 @@ from ..core.records import version_from_record
 from ..core.validate import check_id_kind, sample_rows, unknown_ids
 from ..errors import (CorruptIndexError, FormatVersionError, InvalidInputError, NotAnIndexError, ReadOnlyError,
                       VersionExistsError)
+from .durable import fsync_path, write_durably
 from .lock import WriterLock
 from .payload_index import PayloadIndex, check_columns
 from .rwlock import RWLock
@@ -499,7 +500,7 @@ class EmbeddedBackend:
                 else:
                     skipped.append(vc)
         self.store.compact_copy(tmp / "store")
-        _fsync_dir(tmp / "shards")
+        fsync_path(tmp / "shards")
         # The copy is an index of its own: open it as its writer (it replays the writes between its
         # shards and its store, saving the shards), then compact it (dead rows and op log dropped).
         copy = EmbeddedBackend(tmp, readonly=False, create=False, shard=None, device="cpu", lock_timeout=0.0)
@@ -509,9 +510,9 @@ class EmbeddedBackend:
             copy.close()
         (tmp / ".lock").unlink(missing_ok=True)
         size = (tmp / "store" / "data.mdb").stat().st_size
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_path(out.parent)
         with self.store.read() as r:
             seq = r.seq()
         return {"dest": str(out), "store_bytes": size, "shards_copied": copied, "shards_left_to_rebuild": skipped,
@@ -523,14 +524,14 @@ class EmbeddedBackend:
         if new.exists():
             shutil.rmtree(new)
         self.store.compact_copy(new)
-        _write_durably(pending, b"store.compact holds a complete compacted copy of store\n")
+        write_durably(pending, b"store.compact holds a complete compacted copy of store\n")
         if old.exists():
             shutil.rmtree(old)
         os.rename(cur, old)
         os.rename(new, cur)
-        _fsync_dir(self.path)
+        fsync_path(self.path)
         pending.unlink()
-        _fsync_dir(self.path)
+        fsync_path(self.path)
         self.store.reopen_env()
         shutil.rmtree(old, ignore_errors=True)
 
@@ -545,9 +546,9 @@ class EmbeddedBackend:
                         shutil.rmtree(old)
                     os.rename(cur, old)
                 os.rename(new, cur)
-                _fsync_dir(self.path)
+                fsync_path(self.path)
             pending.unlink()
-            _fsync_dir(self.path)
+            fsync_path(self.path)
             log.warning("%s: finished a compaction that was interrupted", self.path)
         if new.exists():  # a copy cut short: the old store is whole
             shutil.rmtree(new)
@@ -944,25 +945,8 @@ def _copy_shard(files: tuple[Path, Path], dest: Path, attempts: int = 3) -> bool
         except (OSError, ValueError):
             continue
         if crc == meta.get("crc32") and size == meta.get("bytes"):
-            with open(dest / idx_path.name, "rb+") as f:
-                os.fsync(f.fileno())
-            _write_durably(dest / meta_path.name, json.dumps(meta).encode())
+            fsync_path(dest / idx_path.name)
+            write_durably(dest / meta_path.name, json.dumps(meta).encode())
             return True
     (dest / idx_path.name).unlink(missing_ok=True)
     return False
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(path.parent)

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..core.validate import duplicate_ids
 from ..errors import CorruptIndexError, FormatVersionError, IndexLockedError, StoreFullError
+from .durable import fsync_path
 
 T = TypeVar("T")
 
@@ -167,14 +168,6 @@ def ext_keys(values: Sequence[Any]) -> list[bytes]:
         shifted = (np.asarray(values, dtype=np.int64).view(np.uint64) ^ np.uint64(1 << 63))
         return iid_keys(shifted.view(np.int64), prefix=b"\x01")
     return [ext_key(v) for v in values]
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -649,9 +642,8 @@ class LmdbStore:
         dest.mkdir(parents=True, exist_ok=False)
         self.env.copy(str(dest), compact=True)
         out = dest / "data.mdb"
-        with open(out, "rb+") as f:
-            os.fsync(f.fileno())
-        _fsync_path(dest)
+        fsync_path(out)
+        fsync_path(dest)
         return out.stat().st_size
 
     def repack(self, vcodes_dims: Sequence[tuple[int, int]], *, oplog_upto: int) -> dict[str, int]:

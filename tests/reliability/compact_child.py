@@ -12,7 +12,7 @@ from compatindex.embedded import store as store_mod
 
 
 def die_at(step: str) -> None:
-    real_rename, real_write, real_copy = os.rename, backend_mod._write_durably, store_mod.LmdbStore.compact_copy
+    real_rename, real_write, real_copy = os.rename, backend_mod.write_durably, store_mod.LmdbStore.compact_copy
     renames = [0]
 
     def rename(a, b):
@@ -37,7 +37,7 @@ def die_at(step: str) -> None:
         return size
 
     backend_mod.os.rename = rename
-    backend_mod._write_durably = write
+    backend_mod.write_durably = write
     store_mod.LmdbStore.compact_copy = copy
     real_unlink = backend_mod.Path.unlink
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..durable import atomic_write, fsync_path
 from ..faiss_import import faiss
 from ...errors import InvalidInputError
 
@@ -414,16 +415,15 @@ class FaissShard:
             tmp.unlink(missing_ok=True)
             raise OSError(f"could not write shard {final}: {exc}") from None
         crc, size = _file_crc(tmp)  # read back from the page cache, then made durable
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync_dir(folder)
+        fsync_path(folder)
         meta = {
             "seq": int(seq), "dim": self.dim, "spec": self.spec.to_dict(), "ntotal": self.ntotal,
             "trained": self.staging is None, "crc32": crc, "bytes": size,
             "tombstones": sorted(self.tombstones), "tombstone_kind": "node", "trained_on": self.trained_on,
         }
-        _atomic_write(folder / f"{name}.json", json.dumps(meta).encode())
+        atomic_write(folder / f"{name}.json", json.dumps(meta).encode())
         self.seq = int(seq)
 
     def save_manifest(self, folder: Path, name: str, seq: int) -> bool:
@@ -437,7 +437,7 @@ class FaissShard:
         if not isinstance(meta, dict) or meta.get("ntotal") != self.ntotal or meta.get("dim") != self.dim:
             return False
         meta["seq"] = int(seq)
-        _atomic_write(path, json.dumps(meta).encode())
+        atomic_write(path, json.dumps(meta).encode())
         self.seq = int(seq)
         return True
 
@@ -493,25 +493,3 @@ def _file_crc(path: Path) -> tuple[int, int]:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
     return crc, size
-
-
-def _fsync_dir(folder: Path) -> None:
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
