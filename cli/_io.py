@@ -439,6 +439,23 @@ def _to_int64(values: list[Any], what: str) -> np.ndarray:
         raise InputFileError(f"{what}: integer {big} does not fit in 64 bits") from None
 
 
+def _text_lines(path: Path, what: str, *, empty_hint: str = "") -> list[str]:
+    """The lines of a UTF-8 text file, trailing blank lines dropped; an empty line inside is an error."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise InputFileError(f"{what} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{what} is not UTF-8 text: {exc.reason}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            raise InputFileError(f"{what}: line {lineno} is empty", empty_hint)
+    return lines
+
+
 def read_keys(
     spec: str,
     *,
@@ -487,17 +504,9 @@ def read_keys(
             if arr.dtype.kind in "US":
                 return [str(v) if arr.dtype.kind == "U" else v.decode("utf-8") for v in arr.tolist()]
             raise InputFileError(f"{what}: values must be integers or strings; got dtype {arr.dtype}")
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
     except OSError as exc:
         raise InputFileError(f"{what} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{what} is not UTF-8 text: {exc.reason}") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            raise InputFileError(f"{what}: line {i + 1} is empty")
+    lines = _text_lines(path, what)
     if text_ints and lines and all(_INT_RE.match(s.strip()) for s in lines):
         return _to_int64([int(s) for s in lines], what)
     return lines
@@ -601,18 +610,7 @@ def read_metadata(spec: str, *, param: str = "--metadata", source: VectorSource 
     _check_file(path, param, (".jsonl",))
     what = f"{param} '{path}'"
     rows: list[Any] = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise InputFileError(f"{what} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{what} is not UTF-8 text: {exc.reason}") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            raise InputFileError(f"{what}: line {lineno} is empty", "write {} for a row without metadata")
+    for lineno, line in enumerate(_text_lines(path, what, empty_hint="write {} for a row without metadata"), 1):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
