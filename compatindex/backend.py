@@ -103,7 +103,11 @@ class Backend(Protocol):
     # -- writes (arguments validated by the facade) ---------------------------------------
     def add(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,
             labels: list[Any] | None, metadata: list[Any] | None) -> int:
-        """Add new items with ``(n, d)`` vectors; ``DuplicateIdError`` if one exists. Returns a sequence number."""
+        """Add new items with ``(n, d)`` vectors; ``DuplicateIdError`` if one exists. Returns a sequence number.
+
+        Metadata whose value for a declared payload index has another type is refused before
+        anything is written (``core.filters.check_payload``), so the index stays typed.
+        """
         ...
 
     def backfill(self, version: Version, ids: list[ItemId], id_kind: str, vectors: np.ndarray,

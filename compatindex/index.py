@@ -252,9 +252,7 @@ class Index:
         ids_l, kind = as_ids(ids, n=len(x))
         labels_l = as_labels(labels, n=len(x))
         meta_l = as_metadata(metadata, n=len(x))
-        if meta_l is not None:
-            check_payload(meta_l, self.backend.payload_schema())
-        self._live(v, "add to")
+        self._live(v, "add to")  # declared payload types are checked by the backend, in its write
         seq = self.backend.add(v, ids_l, kind, x, labels_l, meta_l)
         return AddResult(len(ids_l), v.name, seq)
 

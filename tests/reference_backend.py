@@ -58,6 +58,8 @@ class DictBackend:
 
     def add(self, version, ids, id_kind, vectors, labels, metadata) -> int:
         self._kind(id_kind)
+        if metadata is not None:
+            check_payload(metadata, self.schema)
         there = self.known(ids)
         if there.any():
             raise duplicate_ids(ids, there)

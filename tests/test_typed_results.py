@@ -62,3 +62,22 @@ def test_item_and_page_types():
     item = ix.get([1])[0]
     assert isinstance(item, compatindex.Item) and item.versions == ("v1", "v2")
     assert item.vectors["v2"].shape == (6,) and item.vectors["v2"].dtype == np.float32
+
+
+@pytest.mark.parametrize("where", ["embedded", "reference", "qdrant-local"])
+def test_add_of_a_wrong_payload_type_is_refused_by_every_backend(where, tmp_path):
+    """The facade leaves the declared-type check to the backend's write: each one must refuse."""
+    from compatindex.errors import InvalidInputError
+
+    if where == "embedded":
+        ix = compatindex.open(tmp_path / "ix")
+    elif where == "reference":
+        ix = Index(DictBackend())
+    else:
+        pytest.importorskip("qdrant_client")
+        ix = compatindex.open(f"qdrant+local://{tmp_path / 'q'}")
+    with ix:
+        _fill(ix)
+        with pytest.raises(InvalidInputError, match=r"`metadata\[1\]\['a'\]` is str"):
+            ix.add([8, 9], np.ones((2, 4), np.float32), version="v1", metadata=[{"a": 5}, {"a": "5"}])
+        assert ix.count == 3 and not ix.has([8, 9]).any()

@@ -191,6 +191,8 @@ class QdrantBackend:
             labels: list[Any] | None, metadata: list[Any] | None) -> int:
         from qdrant_client import models as m
 
+        if metadata is not None:
+            check_payload(metadata, self.payload_schema())  # before anything is written
         self._check_kind(id_kind, record=True)
         pids = [point_id(i) for i in ids]
         found = self.points.retrieve(pids)
