@@ -698,7 +698,8 @@ class Index:
 
     def fit_serving(self, version: str, vectors: Any, ids: Any = None, *, old_vectors: Any = None,
                     against: str | None = None, labels: Any = None, raw: bool | None = None,
-                    fusion: bool = True, query_map: bool = True) -> dict[str, Any]:
+                    fusion: bool = True, query_map: bool = True, distractors: int = 50_000,
+                    seed: int = 0) -> dict[str, Any]:
         """Fit and store the serving parameters of ``version`` from held-out pairs.
 
         Parameters
@@ -716,7 +717,11 @@ class Index:
         against:
             The old version (default: ``version``'s parent).
         labels:
-            Optional ``(n,)`` labels; fusion then maximizes same-label retrieval.
+            Optional ``(n,)`` labels; fusion then maximizes same-label retrieval among the pairs'
+            ``against`` vectors and ``distractors`` other labelled stored items of ``against``.
+        distractors:
+            With ``labels``: how many other stored items (drawn with ``seed``) the fusion fit
+            searches beside the pairs, as the served search will (0: the pairs only).
         raw:
             ``vectors`` are raw encoder outputs (True) or version-space vectors (False); required
             when ``version``'s raw transform is not the identity (``old_vectors`` are always
@@ -754,8 +759,17 @@ class Index:
             G = self._prepare(old_vectors, old, raw=False, param="old_vectors")
             if len(G) != len(Z):
                 raise InvalidInputError(f"`old_vectors` holds {len(G)} rows, `vectors` {len(Z)}; they must pair up")
-        return self._fit_and_store(v, old, Z, G, labels=as_labels(labels, n=len(Z)), fusion=fusion,
-                                   query_map=query_map)
+        lab = as_labels(labels, n=len(Z))
+        extra = None
+        if lab is not None and fusion and distractors > 0:
+            drawn = self.backend.sample(old, int(distractors) + len(Z), np.random.default_rng(seed))
+            skip = set(ids_l) if ids is not None else set()
+            keep = [k for k, (i, y) in enumerate(zip(drawn.ids, drawn.labels)) if i not in skip and y is not None]
+            keep = keep[: int(distractors)]
+            if keep:
+                extra = (np.asarray(drawn.vectors, dtype=np.float32)[keep], [drawn.labels[k] for k in keep])
+        return self._fit_and_store(v, old, Z, G, labels=lab, fusion=fusion, query_map=query_map,
+                                   distractors=extra)
 
     def calibrate(self, version: str, *, against: str | None = None, limit: int = 2000, seed: int = 0,
                   query_map: bool = True) -> dict[str, Any]:
@@ -786,7 +800,8 @@ class Index:
         return self._fit_and_store(v, old, both.vectors[pick], G, labels=None, fusion=False, query_map=query_map)
 
     def _fit_and_store(self, v: Version, old: Version, Z: np.ndarray, G: np.ndarray, *, labels: list[Any] | None,
-                       fusion: bool, query_map: bool = True) -> dict[str, Any]:
+                       fusion: bool, query_map: bool = True,
+                       distractors: tuple[np.ndarray, list[Any]] | None = None) -> dict[str, Any]:
         vs = self._versions
         Z = np.asarray(Z, dtype=np.float64)
         G = np.asarray(G, dtype=np.float64)
@@ -823,7 +838,9 @@ class Index:
         fused = None
         if fusion:
             table = {(a, b): (x, y) for a, b, x, y in calibration}
-            fused = fit_fusion(vs, v.name, old.name, Z, G, labels=labels, calibration=table, query_maps=maps)
+            fused = fit_fusion(vs, v.name, old.name, Z, G, labels=labels, calibration=table, query_maps=maps,
+                               distractors=None if distractors is None else distractors[0],
+                               distractor_labels=None if distractors is None else distractors[1])
         self.set_serving(v.name, calibration=calibration,
                          fusion=None if fused is None else fused["fusion"], query_maps=new_maps)
         return {"calibration": fits, "fusion": fused, "query_map": map_fit}

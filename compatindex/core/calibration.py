@@ -26,6 +26,10 @@ from .fusion import compose
 from .query_maps import QueryMaps, project_or_map
 from .scoring import Score
 
+AP_DISTRACTORS = 5000
+"""With labelled distractors, average precision (whole rankings) is computed over the sample and
+at most this many of them; the first hit over all of them."""
+
 FUSION_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 """Candidate weights of the new version (the old version gets ``1 - w``)."""
 
@@ -196,7 +200,8 @@ def _average_precision(S: np.ndarray, rel: np.ndarray) -> np.ndarray:
 def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.ndarray, G_old: np.ndarray, *,
                labels: Sequence[Any] | None = None, calibration: Mapping[tuple[str, str], tuple[float, float]] | None = None,
                score: Score = Score.CALIBRATED, neighbours: int = 50, grid: Sequence[float] = FUSION_GRID,
-               query_maps: QueryMaps | None = None) -> dict[str, Any]:
+               query_maps: QueryMaps | None = None, distractors: np.ndarray | None = None,
+               distractor_labels: Sequence[Any] | None = None) -> dict[str, Any]:
     """Choose the weights of a query given in versions ``new`` and ``old`` on held-out sample items.
 
     Parameters
@@ -212,6 +217,16 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
         ``m`` (at most 5% of the sample): without labels the targets are the items in both models'
         top-``m`` (self excluded);
         the proxy score is the mean average precision of the targets in the fused ranking.
+    distractors, distractor_labels:
+        With ``labels``: ``(k, d_old)`` other stored ``old`` vectors and their labels, searched
+        beside the sample's (same-label ones are targets too), so the weights are judged in a
+        gallery like the served one. A query that only names its class wins among a thousand
+        sample items and loses among sixty thousand (measured on Fashion-MNIST: new-only weights
+        chosen among the sample, equal weights better by 2.7 top-1 points in the index). The
+        first hit is judged among all of them, AP among the first :data:`AP_DISTRACTORS`: the
+        old query gains more from a dense gallery than a mapped one does, so a small one
+        flatters fusion (measured: +1.3 points for the new query alone among 6,200 items, -8.5
+        among 60,000).
     grid:
         Candidate weights of ``new``.
 
@@ -233,7 +248,17 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     # old query alone already holds the agreed neighbours in its top-m, and what fusion can add is
     # ranking them first.
     rel = relevance(G_old, Z_new, labels, neighbours=m)
-    useful = rel.any(axis=1)  # items with at least one target
+    D = np.zeros((0, G_old.shape[1]), np.float32)
+    lab = dlab = np.zeros(0, dtype=str)
+    if labels is not None and distractors is not None and len(distractors):
+        D = np.asarray(distractors, dtype=np.float32)
+        if D.ndim != 2 or D.shape[1] != G_old.shape[1] or distractor_labels is None \
+                or len(distractor_labels) != len(D) or not np.isfinite(D).all():
+            raise InvalidInputError(f"`distractors` must be finite (k, {G_old.shape[1]}) vectors with k labels")
+        lab = np.asarray([str(x) for x in labels])
+        # an unlabelled distractor is never a target (its label cannot equal any str(label) + "\0")
+        dlab = np.asarray([str(x) if x is not None else "\0" for x in distractor_labels])
+    useful = rel.any(axis=1) | (lab[:, None] == dlab[None, :]).any(axis=1) if len(D) else rel.any(axis=1)
     if not useful.any():
         raise InvalidInputError("no held-out item has a neighbour both models agree on; "
                                 "fusion weights cannot be fit from this sample")
@@ -242,13 +267,35 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     rows = np.flatnonzero(useful)
     ap: dict[float, np.ndarray] = {}
     p1: dict[float, np.ndarray] = {}
+    n_ap = min(len(D), AP_DISTRACTORS)
     for w in sorted({0.0, *map(float, grid)}):
         plan = compose(versions, parts, [w, 1.0 - w], score, cal, query_maps)
         q_old = next(qu for name, qu, _, _ in plan if name == old)  # the composed query on the old gallery
-        S = q_old.astype(np.float64) @ G_old.T
-        np.fill_diagonal(S, -np.inf)
-        ap[w] = _average_precision(S[rows], rel[rows])
-        p1[w] = rel[rows, np.argmax(S[rows], axis=1)].astype(np.float64)
+        q = q_old.astype(np.float64)[rows]
+        S = q @ G_old.T
+        S[np.arange(len(rows)), rows] = -np.inf  # each item's own vector is not in its gallery
+        R = rel[rows]
+        if not len(D):
+            ap[w] = _average_precision(S, R)
+            p1[w] = R[np.arange(len(rows)), np.argmax(S, axis=1)].astype(np.float64)
+            continue
+        # with distractors: the first hit among all of them (a dense gallery is what the
+        # served search meets), AP over the sample and the first AP_DISTRACTORS of them
+        best = S.max(axis=1)
+        hit = R[np.arange(len(rows)), np.argmax(S, axis=1)]
+        S_ap, R_ap = [S], [R]
+        for s0 in range(0, len(D), 8192):
+            Sd = (q.astype(np.float32) @ D[s0:s0 + 8192].T).astype(np.float64)
+            Rd = lab[rows][:, None] == dlab[None, s0:s0 + 8192]
+            j = np.argmax(Sd, axis=1)
+            top = Sd[np.arange(len(rows)), j]
+            hit = np.where(top > best, Rd[np.arange(len(rows)), j], hit)
+            best = np.maximum(best, top)
+            if s0 < n_ap:
+                S_ap.append(Sd[:, : n_ap - s0])
+                R_ap.append(Rd[:, : n_ap - s0])
+        ap[w] = _average_precision(np.hstack(S_ap), np.hstack(R_ap))
+        p1[w] = hit.astype(np.float64)
     # The objective is the smaller of the two gains over the old query alone, in average precision
     # of the targets and in the first hit being one: a day-one search must not trade one for the
     # other (weights that lose on either score <= 0, as the old-only weights do).
@@ -260,4 +307,4 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
             "gain": objective[best], "gains": {"AP": gains[best][0], "P@1": gains[best][1]},
             "old_only": {"AP": float(ap[0.0].mean()), "P@1": float(p1[0.0].mean())},
             "queries": int(useful.sum()), "grid": {str(w): objective[w] for w in sorted(objective)},
-            "best_weight": top_w}
+            "best_weight": top_w, "gallery": int(n + len(D)), "ap_gallery": int(n + n_ap)}

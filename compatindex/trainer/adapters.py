@@ -246,7 +246,7 @@ def export_head(model: HeadModel, *, normalize_input: bool = True) -> dict[str, 
 
 def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
              labels: np.ndarray | None = None, prototypes: np.ndarray | None = None,
-             init: Any = None, desc: str = "head", val: tuple[np.ndarray, np.ndarray, Any] | None = None,
+             init: Any = None, desc: str = "head", val: tuple[Any, ...] | None = None,
              score: str = "renorm") -> tuple[HeadModel, dict[str, Any]]:
     """Train a head on pairs (and labels when given) with the OCA recipe plus pair alignment.
 
@@ -281,10 +281,11 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
                          desc=desc, val=val, score=score)
 
 
-def _val_score(model: HeadModel, val: tuple[np.ndarray, np.ndarray, Any], score: str) -> tuple[float, float]:
+def _val_score(model: HeadModel, val: tuple[Any, ...], score: str) -> tuple[float, float]:
     from .. import evaluation as ev
 
-    Hv, Gv, yv = val
+    Hv, Gv, yv = val[:3]
+    D, dl = (val[3], val[4]) if len(val) >= 5 else (None, None)
     model.eval()
     with torch.no_grad():
         p = next(model.parameters())
@@ -295,13 +296,15 @@ def _val_score(model: HeadModel, val: tuple[np.ndarray, np.ndarray, Any], score:
     pa = ev.pair_alignment(Z, Gv, score=score)
     if yv is not None and np.sum(yv >= 0) >= 2:
         m = yv >= 0
-        return (ev.cmc_map(Z[m], Gv[m], yv[m], yv[m], leave_one_out=True, score=score)["top1"], pa["mrr"])
+        # top-1 among the stored gallery (distractors included), as the index will serve it
+        t1 = ev.label_retrieval(Z[m], Gv[m], yv[m], D, dl, score=score, ap_max_gallery=0)["top1"]
+        return (float(np.nanmean(t1)), pa["mrr"])
     return (pa["mrr"], pa["recall@10"])
 
 
 def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
               labels: np.ndarray | None, prototypes: np.ndarray | None, init: Any, desc: str,
-              val: tuple[np.ndarray, np.ndarray, Any] | None, score: str) -> tuple[HeadModel, dict[str, Any]]:
+              val: tuple[Any, ...] | None, score: str) -> tuple[HeadModel, dict[str, Any]]:
     import copy
     import time
 

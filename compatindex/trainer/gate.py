@@ -238,9 +238,15 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = N_BOOT, seed: 
 
 def label_gate(Z: np.ndarray, G: np.ndarray, labels: np.ndarray, *, H_new: np.ndarray | None = None,
                metric: str = "top1", tolerance: float = LABEL_TOLERANCE, score: str = "renorm",
-               seed: int = 0, version: str = "the new version", parent: str = "the parent"
+               seed: int = 0, version: str = "the new version", parent: str = "the parent",
+               distractors: np.ndarray | None = None, distractor_labels: np.ndarray | None = None
                ) -> dict[str, Any]:
     """old/old, new/old, new/new on held-out labelled items (leave-one-out) and BCT's criterion.
+
+    old/old and new/old are measured as the index serves them: each held-out item (its stored
+    parent vector, or its new vector) searches the held-out items' stored vectors (itself left
+    out) plus ``distractors``, the other stored items, with their labels. A map judged among a
+    thousand held-out items only can pass there and lose in the full gallery.
 
     Parameters
     ----------
@@ -252,21 +258,30 @@ def label_gate(Z: np.ndarray, G: np.ndarray, labels: np.ndarray, *, H_new: np.nd
     tolerance:
         The 95% paired-bootstrap interval of M(new, old) - M(old, old) must lie above
         ``-tolerance``.
+    distractors, distractor_labels:
+        ``(m, d_p)`` other stored parent vectors and their ``(m,)`` label indices (``-1``:
+        unknown), searched beside the held-out items' own.
     """
     m = np.asarray(labels) >= 0
     Z, G, y = Z[m], G[m], np.asarray(labels)[m]
     if len(y) < 2:
         return {"passed": True, "skipped": "fewer than 2 labelled held-out items", "reasons": []}
+    if distractors is not None and (distractor_labels is None or len(distractor_labels) != len(distractors)):
+        distractors = distractor_labels = None  # unlabelled distractors cannot be judged: held-out only
+    # top-1/top-5 among every stored item given; AP (whole rankings) over the first 10,000
+    pq_new = ev.label_retrieval(Z, G, y, distractors, distractor_labels, score=score, ap_max_gallery=10_000)
+    pq_old = ev.label_retrieval(G, G, y, distractors, distractor_labels, score=score, ap_max_gallery=10_000)
     out: dict[str, Any] = {
-        "old_old": ev.cmc_map(G, G, y, y, leave_one_out=True, score=score),
-        "new_old": ev.cmc_map(Z, G, y, y, leave_one_out=True, score=score),
+        "old_old": ev.summarize_label_retrieval(pq_old),
+        "new_old": ev.summarize_label_retrieval(pq_new),
         "new_new": ev.cmc_map(Z, Z, y, y, leave_one_out=True, score=score),
+        "gallery_size": int(len(G) + (0 if distractors is None else len(distractors))),
     }
     if H_new is not None:
         out["raw_new_new"] = ev.cmc_map(H_new[m], H_new[m], y, y, leave_one_out=True, score=score)
     no, oo = out["new_old"][metric], out["old_old"][metric]
-    k = 0 if metric == "top1" else 1
-    lo, hi = bootstrap_diff(_per_query(Z, G, y, score)[k], _per_query(G, G, y, score)[k], seed=seed)
+    key = "top1" if metric == "top1" else "ap"
+    lo, hi = bootstrap_diff(pq_new[key], pq_old[key], seed=seed)
     out["metric"] = metric
     out["interval"] = [round(lo, 6), round(hi, 6)]
     out["tolerance"] = tolerance

@@ -52,12 +52,22 @@ def default_extra_dims(d_parent: int) -> int:
     return max(8, d_parent // 8)
 
 
-def resolve_config(cfg: TrainConfig, data: PairData) -> tuple[TrainConfig, dict[str, Any]]:
+def ridge_family(method: str) -> str:
+    """Which map a method builds from the ridge fit: ``isometric`` (dilated to an isometry:
+    ``isometric``, ``oca``'s start, ``auto``) or ``plain`` (used as fitted: ``affine``, ``mlp``'s
+    skip). With labels, cross-validation scores the map the method stores, so the two may get
+    different strengths."""
+    return "plain" if method in ("affine", "mlp") else "isometric"
+
+
+def resolve_config(cfg: TrainConfig, data: PairData, *, family: str = "isometric"
+                   ) -> tuple[TrainConfig, dict[str, Any]]:
     """Settle the data-dependent fields of ``cfg`` on ``data`` (a training split).
 
     ``normalize_input=None`` follows the parent's metric (normalize under cosine, not under
     ip); ``ridge="cv"`` and ``spectrum="auto"`` are chosen by
-    :func:`~compatindex.trainer.closed_form.select_ridge` (cross-validation on ``data`` only).
+    :func:`~compatindex.trainer.closed_form.select_ridge` (cross-validation on ``data`` only;
+    with labels, by label retrieval of the map of ``family``, :func:`ridge_family`).
 
     Returns
     -------
@@ -72,7 +82,10 @@ def resolve_config(cfg: TrainConfig, data: PairData) -> tuple[TrainConfig, dict[
         Hn = normalize_rows(data.H) if norm else data.H
         grid = cf.RIDGE_GRID if cfg.ridge == "cv" else (float(cfg.ridge),)
         spectra = ("scale", "clip") if cfg.spectrum == "auto" else (cfg.spectrum,)
-        sel = cf.select_ridge(Hn, data.G, grid=grid, spectra=spectra, seed=cfg.seed, score=data.score)
+        sel = cf.select_ridge(Hn, data.G, grid=grid, spectra=spectra, seed=cfg.seed, score=data.score,
+                              labels=data.labels, gallery=data.gallery, gallery_labels=data.gallery_labels,
+                              extra_dims=None if family == "plain" else cfg.extra_dims if cfg.extra_dims is not None
+                              else default_extra_dims(data.G.shape[1]))
         cfg = replace(cfg, ridge=sel["ridge"], spectrum=sel["spectrum"])
     return cfg, sel
 
@@ -91,7 +104,7 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
     closed-form start.
     """
     if not _resolved(cfg):
-        cfg, _ = resolve_config(cfg, data)
+        cfg, _ = resolve_config(cfg, data, family=ridge_family(method))
     ridge, normalize_input = float(cfg.ridge), bool(cfg.normalize_input)  # resolved: a number, a bool
     Hn = normalize_rows(data.H) if cfg.normalize_input else data.H
     G = data.G
@@ -143,12 +156,22 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
     raise InvalidInputError(f"`method` must be one of isometric, procrustes, oca, affine, mlp; got {method!r}")
 
 
-def _val_arrays(val: PairData | None, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, Any] | None:
-    """``(H, G, labels)`` of a selection split as the heads see them (normalized like training)."""
+SELECTION_GALLERY = 20_000
+"""Model selection and keep-best search the selection split's own vectors plus at most this
+many other stored items (a random draw: the fetch behind :func:`load_pairs` is seeded): enough
+competitors to judge a fit as the index will serve it, at a fraction of the cost. The gate
+searches all of them."""
+
+
+def _val_arrays(val: PairData | None, cfg: TrainConfig) -> tuple[Any, ...] | None:
+    """``(H, G, labels, distractors, distractor_labels)`` of a selection split as the heads see
+    them (normalized like training), with the stored gallery its labelled queries search."""
     if val is None or len(val) == 0:
         return None
     H = normalize_rows(val.H) if cfg.normalize_input else np.asarray(val.H, np.float32)
-    return H, np.asarray(val.G, np.float32), val.labels
+    gal = None if val.gallery is None else val.gallery[:SELECTION_GALLERY]
+    gal_y = None if val.gallery_labels is None else val.gallery_labels[:SELECTION_GALLERY]
+    return H, np.asarray(val.G, np.float32), val.labels, gal, gal_y
 
 
 def _evaluate(fit: dict[str, Any], test: PairData, gallery: np.ndarray | None) -> dict[str, Any]:
@@ -159,7 +182,13 @@ def _evaluate(fit: dict[str, Any], test: PairData, gallery: np.ndarray | None) -
     if test.labels is not None and np.sum(test.labels >= 0) >= 2:
         m = test.labels >= 0
         y = test.labels[m]
-        out["new_old"] = ev.cmc_map(Z[m], test.G[m], y, y, leave_one_out=True, score=sc)
+        # new/old as the index will serve it: each held-out item searches the stored gallery
+        # (the held-out items' own vectors, itself left out, plus the other stored items)
+        # (mAP, which needs whole rankings, over the first 5,000 of them: selection only)
+        gal = None if test.gallery is None else test.gallery[:SELECTION_GALLERY]
+        gal_y = None if test.gallery_labels is None else test.gallery_labels[:SELECTION_GALLERY]
+        out["new_old"] = ev.summarize_label_retrieval(ev.label_retrieval(
+            Z[m], test.G[m], y, gal, gal_y, score=sc, ap_max_gallery=5_000))
         out["new_new"] = ev.cmc_map(Z[m], Z[m], y, y, leave_one_out=True, score=sc)
     return out
 
@@ -206,7 +235,8 @@ def _gate(fit: dict[str, Any], method: str, train: PairData, test: PairData, cfg
     reasons = list(gate["pairs"]["reasons"])
     if test.labels is not None:
         gate["labels"] = label_gate(Z, test.G, test.labels, H_new=H_raw, metric=cfg.gate_metric, score=test.score,
-                                    seed=cfg.seed, version=f"{version!r}", parent=f"{parent!r}")
+                                    seed=cfg.seed, version=f"{version!r}", parent=f"{parent!r}",
+                                    distractors=gallery, distractor_labels=gallery_labels)
         reasons += gate["labels"]["reasons"]
     gate["passed"] = not reasons
     gate["reasons"] = reasons
@@ -274,8 +304,14 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
     sub_tr, sub_va = split(len(tr_all), cfg.select_holdout, seed=cfg.seed + 1, min_holdout=min(cfg.min_holdout, 10))
     train, val, test = data.subset(tr_all[sub_tr]), data.subset(tr_all[sub_va]), data.subset(te_idx)
     t0 = time.perf_counter()
-    cfg, selection = resolve_config(cfg, train)
     cands = methods or (list(ISOMETRIC_FAMILY) if cfg.method == "auto" else [cfg.method])
+    families = sorted({ridge_family(m) for m in cands}) if data.labels is not None else ["isometric"]
+    resolved = {fam: resolve_config(cfg, train, family=fam) for fam in families}
+
+    def cfg_of(m: str) -> TrainConfig:
+        return resolved[ridge_family(m) if ridge_family(m) in resolved else families[0]][0]
+
+    cfg, selection = resolved[ridge_family(cands[0]) if ridge_family(cands[0]) in resolved else families[0]]
     report: dict[str, Any] = {
         "method": config.method if config is not None else "auto",
         "data": {"n_pairs": n, "n_train": len(train), "n_select": len(val), "n_heldout": len(test),
@@ -290,7 +326,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
 
     def run(m: str) -> None:
         t = time.perf_counter()
-        fit = fit_method(m, train, cfg, d_parent=d_parent, val=val)
+        fit = fit_method(m, train, cfg_of(m), d_parent=d_parent, val=val)
         dt = time.perf_counter() - t
         fits[m] = fit
         report["candidates"].append({"method": m, "dim": fit["dim"], "fit_seconds": dt,
@@ -301,7 +337,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
         run(m)
     if closed and len(closed) < len(cands):  # the closed-form gate, before any torch training
         best = max(report["candidates"], key=lambda c: _score(c["heldout"], cfg.gate_metric))
-        pre = _gate(fits[best["method"]], best["method"], train, test, cfg, d_parent=d_parent,
+        pre = _gate(fits[best["method"]], best["method"], train, test, cfg_of(best["method"]), d_parent=d_parent,
                     gallery=data.gallery, version=name, parent=parent,
                     gallery_labels=data.gallery_labels)
         report["closed_form_gate"] = {"method": best["method"], "passed": pre["pairs"]["passed"],
@@ -318,6 +354,13 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
     best = max(report["candidates"], key=lambda c: _score(c["heldout"], cfg.gate_metric))
     chosen = best["method"]
     report["chosen"] = chosen
+    cfg = cfg_of(chosen)
+    fam = ridge_family(chosen) if ridge_family(chosen) in resolved else families[0]
+    report["resolved"] = {"ridge": cfg.ridge, "spectrum": cfg.spectrum, "normalize_input": cfg.normalize_input}
+    report["selection"] = {**resolved[fam][1], "family": fam, "seconds": report["selection"]["seconds"]}
+    if len(resolved) > 1:
+        report["selection"]["other_families"] = {f: {"ridge": c.ridge, "spectrum": c.spectrum}
+                                                 for f, (c, _) in resolved.items() if f != fam}
     fit_train = train
     if chosen in CLOSED_FORMS:  # refit on everything the gate does not see
         fit_train = _merge(train, val)
@@ -326,6 +369,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
     report["gate"] = _gate(fit, chosen, fit_train, test, cfg, d_parent=d_parent, gallery=data.gallery,
                            version=name, parent=parent, gallery_labels=data.gallery_labels)
     report["dim"] = fit["dim"]
+    fit["heldout_rows"] = te_idx  # the gate split: what upgrade() fits the serving parameters on
     return fit, _clean(report)
 
 
@@ -369,7 +413,8 @@ def _register(index: Any, name: str, parent: Any, fit: dict[str, Any], report: d
 def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: str = "auto",
             parent: str | None = None, name: str | None = None, extra_dims: int | None = None,
             use_labels: bool = True, force: bool = False, strict: bool = True, dry_run: bool = False,
-            config: TrainConfig | None = None, **overrides: Any) -> tuple[Any, dict[str, Any]]:
+            serving: bool = True, config: TrainConfig | None = None, **overrides: Any
+            ) -> tuple[Any, dict[str, Any]]:
     """Learn the next compatible version against the stored gallery and register it if it passes.
 
     Parameters
@@ -399,6 +444,14 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
         Fit and gate, register nothing: returns ``(None, report)`` with
         ``report["dry_run"]`` holding the expected day-one new/old against old/old and the
         backfill benefit, on the gate split. A refusal is reported there, not raised.
+    serving:
+        After registering, fit the migration-time serving parameters (docs/serving.md) on the
+        gate split, pairs no fit or selection has seen: the fusion weights of a query given in
+        both the new version and the parent (never below the parent-only weights on those
+        pairs), the score calibration and, when it helps, the parent's query map. The report's
+        ``serving`` entry holds the chosen weights and their held-out gain. When the fit cannot
+        be made, the parent-only weights are stored (a query given in both versions then
+        searches exactly as the parent's query alone), and the report says why.
     config, overrides:
         A :class:`TrainConfig`, and/or field overrides (``steps=...``, ``seed=...``).
 
@@ -452,5 +505,39 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
     report["registered"] = True
     cfg_resolved = replace(cfg, **{k: v for k, v in report.get("resolved", {}).items() if v is not None})
     v = _register(index, name, parent_v, fit, report, cfg_resolved)
-    # issue 11 (serving): a `fit_serving(index, v, data, report)` step goes here, after registration.
+    if serving:
+        report["serving"] = _fit_serving(index, name, parent_v.name, data, fit.get("heldout_rows"))
+        v = index.version(name)
     return v, report
+
+
+def _fit_serving(index: Any, name: str, parent: str, data: PairData, rows: Any) -> dict[str, Any]:
+    """Fit and store the serving parameters of the new version on the gate split's pairs.
+
+    Returns the report entry: ``{"pairs", "fusion", "gain", "old_only", "query_map", "calibration"}``,
+    or ``{"fusion": parent-only, "reason"}`` when no fit could be made.
+    """
+    from ..errors import CompatIndexError
+
+    old_only = {name: 0.0, parent: 1.0}
+    if rows is None or len(rows) < 3:
+        index.set_serving(name, fusion=old_only)
+        return {"fusion": old_only, "reason": "fewer than 3 held-out pairs: parent-only weights stored"}
+    rows = np.asarray(rows, dtype=np.int64)
+    ids = [data.ids[i] for i in rows.tolist()]
+    labels = None
+    if data.labels is not None and data.classes is not None and bool(np.all(data.labels[rows] >= 0)):
+        labels = [data.classes[i] for i in data.labels[rows].tolist()]  # the stored label values
+    try:
+        res = index.fit_serving(name, data.H[rows], ids=ids, raw=True, labels=labels)
+    except CompatIndexError as exc:  # e.g. no neighbour both models agree on: serve the parent alone
+        index.set_serving(name, fusion=old_only)
+        return {"fusion": old_only, "pairs": int(len(rows)), "reason": f"{exc} (parent-only weights stored)"}
+    fus = res.get("fusion") or {}
+    qm = res.get("query_map") or {}
+    out: dict[str, Any] = _clean({"pairs": int(len(rows)), "labels": labels is not None, "fusion": fus.get("fusion"),
+                   "gain": fus.get("gain"), "gains": fus.get("gains"), "old_only": fus.get("old_only"),
+                   "query_map": {"stored": qm.get("stored"), "reason": qm.get("reason")} if qm else None,
+                   "calibration": {str(k): {"a": c.get("a"), "b": c.get("b")}
+                                   for k, c in (res.get("calibration") or {}).items()}})
+    return out
