@@ -86,7 +86,8 @@ def render_report(report: dict[str, Any]) -> None:
               f"{p['margin']}), sign-test z={_f(p['z_vs_shuffled'], 2)}, permutation p={p['p_permutation']:.3g}")
     lab = g.get("labels")
     if lab and "old_old" in lab:
-        t = Table(title="gate: held-out label retrieval (leave-one-out)")
+        size = f", among {lab['gallery_size']} stored items" if "gallery_size" in lab else ""
+        t = Table(title=f"gate: held-out label retrieval (leave-one-out{size})")
         for c in ("query / gallery", "top1", "top5", "mAP"):
             t.add_column(c)
         for key, label in (("old_old", "old / old"), ("new_old", "new / old"), ("new_new", "new / new"),
@@ -112,6 +113,18 @@ def render_report(report: dict[str, Any]) -> None:
         forced = " (forced past the gate)" if report.get("forced") else ""
         con.print(f"registered version '{report['name']}' (dim {report['dim']}, parent '{report['parent']}', "
                   f"method {report['chosen']}){forced}")
+        srv = report.get("serving")
+        if srv:
+            w = srv.get("fusion") or {}
+            weights = ", ".join(f"{k}={_f(float(v), 1)}" for k, v in w.items())
+            if srv.get("reason"):
+                con.print(f"serving: fusion weights {weights} stored: {srv['reason']}")
+            else:
+                on = "same-label items" if srv.get("labels") else "the neighbours both models agree on"
+                con.print(f"serving: fusion weights {weights} stored (fit on the {srv.get('pairs')} held-out pairs, "
+                          f"targets {on}; held-out gain over '{report['parent']}' queries alone "
+                          f"{_f(srv.get('gain'), 4)}); search with --query {report['name']}=NEW.npy --query "
+                          f"{report['parent']}=OLD.npy while both encoders run")
     else:
         con.print(f"refused: version '{report['name']}' was not registered")
         for r in g["reasons"]:

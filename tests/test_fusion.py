@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import compatindex
+from compatindex.core.scoring import Metric, Score
 from compatindex.errors import InvalidInputError, UnknownVersionError
 from core_testkit import BruteForce
 from reference_backend import DictBackend
@@ -227,3 +228,36 @@ def test_calibration_puts_cross_version_scores_on_one_scale():
         pad = ix.search(q, k=10, version="v2", score="pad")
         assert (pad.versions == "v2").mean() > 0.9  # uncalibrated, backfilled items crowd out the rest
         assert 0.3 < (cal.versions == "v2").mean() < 0.7
+
+
+def test_labelled_fusion_fit_judges_first_hits_among_every_distractor():
+    """fit_fusion's first-hit precision with labelled distractors equals brute force over the
+    stacked gallery (the sample's old vectors, each item's own left out, then the distractors),
+    for the old-only weights it reports."""
+    from compatindex.core.calibration import fit_fusion
+    from compatindex.core.datatypes import Version
+
+    rng = np.random.default_rng(9)
+    C = rng.normal(size=(5, 8))
+    y = rng.integers(0, 5, 60)
+    G = C[y] + 1.5 * rng.normal(size=(60, 8))
+    G /= np.linalg.norm(G, axis=1, keepdims=True)
+    Z = np.hstack([G + 0.3 * rng.normal(size=G.shape), rng.normal(size=(60, 4))])
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    yd = rng.integers(0, 5, 20_000)
+    D = (C[yd] + 1.5 * rng.normal(size=(20_000, 8))).astype(np.float32)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    vs = {"v1": Version(name="v1", dim=8, metric=Metric.COSINE, parent=None),
+          "v2": Version(name="v2", dim=12, metric=Metric.COSINE, parent="v1")}
+    res = fit_fusion(vs, "v2", "v1", Z, G, labels=y.tolist(), score=Score.PAD, distractors=D,
+                     distractor_labels=yd.tolist())
+    gal = np.vstack([G, D])
+    gl = np.concatenate([y, yd])
+    S = G @ gal.T
+    S[np.arange(60), np.arange(60)] = -np.inf
+    assert res["old_only"]["P@1"] == pytest.approx(np.mean(gl[S.argmax(1)] == y))
+    assert res["gallery"] == 60 + 20_000
+    small = fit_fusion(vs, "v2", "v1", Z, G, labels=y.tolist(), score=Score.PAD)
+    assert small["gallery"] == 60 and small["old_only"]["P@1"] != pytest.approx(res["old_only"]["P@1"])
+    with pytest.raises(InvalidInputError, match="distractors"):
+        fit_fusion(vs, "v2", "v1", Z, G, labels=y.tolist(), distractors=D[:, :4], distractor_labels=yd.tolist())

@@ -208,3 +208,33 @@ def test_cli_dry_run_registers_nothing(tmp_path, data):
     assert "dry run" in r.stdout and "expected day one" in r.stdout and "backfill benefit" in r.stdout
     with compatindex.open(path, readonly=True) as ix:
         assert [v.name for v in ix.versions()] == ["v1"]
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_upgrade_stores_serving_fit_on_the_gate_split_and_search_uses_it(data, labels):
+    """upgrade() fits fusion weights (and calibration) on the held-out pairs and stores them with
+    the version: a query given in both versions then searches with exactly those weights, and
+    the weights are never below the parent-only ones on those pairs."""
+    with compatindex.open(":memory:") as ix:
+        ids = _fill(ix, data, labels=labels)
+        v, rep = upgrade(ix, data.H[:1000], ids[:1000], name="v2", steps=40)
+        assert v is not None
+        srv = rep["serving"]
+        assert srv["pairs"] == rep["data"]["n_heldout"] and srv["labels"] is labels
+        w = srv["fusion"]
+        assert set(w) == {"v1", "v2"} and abs(w["v1"] + w["v2"] - 1.0) < 1e-9
+        assert srv["gain"] >= 0.0  # parent-only scores 0: stored weights never below it
+        assert ix.version("v2").serving["fusion"] == pytest.approx(w)
+        assert {"v2->v1", "v1->v1"} <= set(srv["calibration"])
+        q = {"v2": data.H[1000:1040], "v1": data.G[1000:1040]}
+        a = ix.search(q, k=10, raw=True, score="calibrated")
+        b = ix.search(q, k=10, raw=True, score="calibrated", fusion=w)
+        assert a.ids.tolist() == b.ids.tolist()
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_upgrade_without_serving_stores_no_fusion(data):
+    with compatindex.open(":memory:") as ix:
+        ids = _fill(ix, data)
+        v, rep = upgrade(ix, data.H[:1000], ids[:1000], name="v2", steps=40, serving=False)
+        assert v is not None and "serving" not in rep and not (v.serving or {}).get("fusion")
