@@ -240,6 +240,15 @@ def main() -> Path:
                                         "old/old", f"{'met' if f['met'] else 'missed'} (w = "
                                         + ", ".join(f"{k} {x:g}" for k, x in (f["fusion"] or {}).items())
                                         + f"; R@10 {100 * gain['recall@10']:+.1f}, MRR {100 * gain['mrr']:+.1f} pts)"])
+            up = (sv or {}).get("upgrade_path")
+            if up:
+                summary.append(["Text, the user path: upgrade() from 10% re-embedded leads (weights stored by "
+                                "upgrade), fused R@10 and MRR >= old/old",
+                                ("met" if up["met"] else "missed") + (
+                                    f" (w = {', '.join(f'{k} {x:g}' for k, x in (up['fusion'] or {}).items())}; "
+                                    f"R@10 {100 * up['heldout_gain']['recall@10']:+.1f}, "
+                                    f"MRR {100 * up['heldout_gain']['mrr']:+.1f} pts)" if up["registered"]
+                                    else " (refused by the gate: old/old kept)")])
             if ind and sv:
                 ps = ind["pair_sets"]
                 wn_m, top_m = ps["wordnet"]["methods"], ps[gi["pair_set"]]["methods"]

@@ -414,9 +414,44 @@ def serving(ctx: dict[str, Any], *, quick: bool) -> dict[str, Any]:
         index.close()
         versions[vset] = r
     out["versions"] = versions
+    out["upgrade_path"] = _upgrade_path(ctx, sel, steps, eval_q, rel_e)
     out["seconds"] = T()
     out["goal_fused_ge_old_old"] = {f"{v}/{f}": d["met"] for v, r in versions.items() for f, d in r["fits"].items()}
     return out
+
+
+def _upgrade_path(ctx: dict[str, Any], sel: np.ndarray, steps: int, eval_q: np.ndarray,
+                  rel_e: list[set[int]]) -> dict[str, Any]:
+    """What a user runs: ``upgrade()`` on the index from the re-embedded leads (no labels, default
+    options; the CLI's ``compatindex upgrade``), which also fits and stores the serving parameters
+    on its gate split; then a search with both queries and no ``fusion=`` (the stored weights,
+    as ``compatindex search --query v2=... --query v1=...`` does)."""
+    from compatindex.errors import IncompatibleVersionError
+    from compatindex.trainer import upgrade
+
+    G, Pn, Qn, Qo = ctx["G_lead"], ctx["P_new"], ctx["Q_new"], ctx["Q_old"]
+    t = Timer()
+    index = compatindex.open(":memory:")
+    index.create_version("v1", dim=384)
+    index.add(list(range(len(G))), G, version="v1", raw=False)
+    oo = trec_metrics(_search(index, Qo[eval_q], 10, version="v1", raw=False), rel_e)
+    try:
+        v, rep = upgrade(index, Pn[sel], sel.tolist(), name="v2", parent="v1", steps=steps)
+    except IncompatibleVersionError as exc:
+        index.close()
+        return {"registered": False, "reason": str(exc), "old_old": oo, "met": True,
+                "note": "refused: nothing registered, the old model keeps serving (old/old)"}
+    srv = rep.get("serving") or {}
+    fused = trec_metrics(_search(index, {"v2": Qn[eval_q], "v1": Qo[eval_q]}, 10, version=None, raw=True,
+                                 score="calibrated"), rel_e)
+    single = trec_metrics(_search(index, Qn[eval_q], 10, version="v2", raw=True), rel_e)
+    index.close()
+    gain = {k: fused[k] - oo[k] for k in ("recall@1", "recall@10", "mrr")}
+    return {"registered": True, "chosen": rep.get("chosen"), "n_pairs": int(len(sel)),
+            "n_serving_pairs": srv.get("pairs"), "fusion": srv.get("fusion"), "proxy_gain": srv.get("gain"),
+            "serving_reason": srv.get("reason"), "old_old": oo, "single_v2": single, "fused": fused,
+            "heldout_gain": gain, "seconds": t(),
+            "met": bool(fused["recall@10"] >= oo["recall@10"] and fused["mrr"] >= oo["mrr"])}
 
 
 # -- output --------------------------------------------------------------------------------------------
@@ -539,4 +574,23 @@ def markdown(r: dict[str, Any]) -> str:
     met = [k for k, v in s["goal_fused_ge_old_old"].items() if v]
     out.append(f"\nGoal (fused day-one R@10 and MRR >= old/old): **{'met' if met else 'missed'}** "
                f"({len(met)} of {len(s['goal_fused_ge_old_old'])} fits: {', '.join(met) or 'none'}).\n")
+    u = s.get("upgrade_path")
+    if u:
+        out.append("\n**The user path.** `upgrade(index, e5 leads, ids)` on the index with default options (the "
+                   f"{100 * max(FRACTIONS):g}% re-embedded leads, no labels: what `compatindex upgrade` runs), which "
+                   "fits and stores the serving parameters on its own gate split; then `search({'v2': e5, 'v1': "
+                   "MiniLM}, raw=True, score='calibrated')` with no `fusion=`, as `compatindex search --query "
+                   "v2=... --query v1=...` does:\n\n")
+        if not u["registered"]:
+            out.append(f"refused by the gate ({u['reason']}); the old model keeps serving.\n")
+        else:
+            w = ", ".join(f"{k}={x:g}" for k, x in (u["fusion"] or {}).items())
+            out.append(md_table(["setting", "fusion weights", "R@1", "R@10", "MRR"], [
+                ["old/old (MiniLM headlines)", "–"] + [fmt(u["old_old"][k]) for k in ("recall@1", "recall@10", "mrr")],
+                ["single v2 (e5 queries alone)", "–"] + [fmt(u["single_v2"][k]) for k in ("recall@1", "recall@10", "mrr")],
+                [f"fused, weights stored by upgrade ({u['n_serving_pairs']} held-out pairs)", w]
+                + [fmt(u["fused"][k]) for k in ("recall@1", "recall@10", "mrr")]]))
+            out.append(f"\nUser path (fused R@10 and MRR >= old/old): **{'met' if u['met'] else 'missed'}** "
+                       f"(R@10 {100 * u['heldout_gain']['recall@10']:+.1f}, MRR {100 * u['heldout_gain']['mrr']:+.1f} "
+                       "pts).\n")
     return "".join(out)
