@@ -84,6 +84,7 @@ def resolve_config(cfg: TrainConfig, data: PairData, *, family: str = "isometric
         spectra = ("scale", "clip") if cfg.spectrum == "auto" else (cfg.spectrum,)
         sel = cf.select_ridge(Hn, data.G, grid=grid, spectra=spectra, seed=cfg.seed, score=data.score,
                               labels=data.labels, gallery=data.gallery, gallery_labels=data.gallery_labels,
+                              max_gallery=selection_gallery_rows(data.G.shape[1]),
                               extra_dims=None if family == "plain" else cfg.extra_dims if cfg.extra_dims is not None
                               else default_extra_dims(data.G.shape[1]))
         cfg = replace(cfg, ridge=sel["ridge"], spectrum=sel["spectrum"])
@@ -157,10 +158,22 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
 
 
 SELECTION_GALLERY = 20_000
-"""Model selection and keep-best search the selection split's own vectors plus at most this
-many other stored items (a random draw: the fetch behind :func:`load_pairs` is seeded): enough
-competitors to judge a fit as the index will serve it, at a fraction of the cost. The gate
-searches all of them."""
+"""Model selection, keep-best and label cross-validation search the held-out rows' own vectors
+plus at most this many other stored items at 128 dims or fewer (a random draw: the fetch behind
+:func:`load_pairs` is seeded): enough competitors to judge a fit as the index will serve it, at
+a fraction of the cost. Wider parents get proportionally fewer (:func:`selection_gallery_rows`,
+at least 2,000): a 1280-d search costs ten times a 128-d one. The gate searches all of them."""
+
+
+def selection_gallery_rows(dim: int) -> int:
+    """Distractors searched while selecting: ``SELECTION_GALLERY * 128 / dim``, within [2000, SELECTION_GALLERY].
+
+    Examples
+    --------
+    >>> selection_gallery_rows(64), selection_gallery_rows(384), selection_gallery_rows(1280)
+    (20000, 6666, 2000)
+    """
+    return int(min(SELECTION_GALLERY, max(2000, SELECTION_GALLERY * 128 // max(int(dim), 1))))
 
 
 def _val_arrays(val: PairData | None, cfg: TrainConfig) -> tuple[Any, ...] | None:
@@ -169,8 +182,9 @@ def _val_arrays(val: PairData | None, cfg: TrainConfig) -> tuple[Any, ...] | Non
     if val is None or len(val) == 0:
         return None
     H = normalize_rows(val.H) if cfg.normalize_input else np.asarray(val.H, np.float32)
-    gal = None if val.gallery is None else val.gallery[:SELECTION_GALLERY]
-    gal_y = None if val.gallery_labels is None else val.gallery_labels[:SELECTION_GALLERY]
+    k = selection_gallery_rows(val.G.shape[1])
+    gal = None if val.gallery is None else val.gallery[:k]
+    gal_y = None if val.gallery_labels is None else val.gallery_labels[:k]
     return H, np.asarray(val.G, np.float32), val.labels, gal, gal_y
 
 
@@ -185,8 +199,9 @@ def _evaluate(fit: dict[str, Any], test: PairData, gallery: np.ndarray | None) -
         # new/old as the index will serve it: each held-out item searches the stored gallery
         # (the held-out items' own vectors, itself left out, plus the other stored items)
         # (mAP, which needs whole rankings, over the first 5,000 of them: selection only)
-        gal = None if test.gallery is None else test.gallery[:SELECTION_GALLERY]
-        gal_y = None if test.gallery_labels is None else test.gallery_labels[:SELECTION_GALLERY]
+        k = selection_gallery_rows(test.G.shape[1])
+        gal = None if test.gallery is None else test.gallery[:k]
+        gal_y = None if test.gallery_labels is None else test.gallery_labels[:k]
         out["new_old"] = ev.summarize_label_retrieval(ev.label_retrieval(
             Z[m], test.G[m], y, gal, gal_y, score=sc, ap_max_gallery=5_000))
         out["new_new"] = ev.cmc_map(Z[m], Z[m], y, y, leave_one_out=True, score=sc)
@@ -221,8 +236,9 @@ CONTROL_OF = {"oca": "isometric", "mlp": "affine"}
 
 def _gate(fit: dict[str, Any], method: str, train: PairData, test: PairData, cfg: TrainConfig, *,
           d_parent: int, gallery: np.ndarray | None, version: str, parent: str,
-          gallery_labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Every gate rule on the gate split ``test`` for a fit of ``method`` trained on ``train``."""
+          gallery_labels: np.ndarray | None = None, label_rule: bool = True) -> dict[str, Any]:
+    """Every gate rule on the gate split ``test`` for a fit of ``method`` trained on ``train``
+    (``label_rule=False``: the pairs rule only, as the closed-form gate before torch training)."""
     ctrl = CONTROL_OF.get(method, method)
     shuf_fit = fit_method(ctrl, train.shuffled(cfg.seed), cfg, d_parent=d_parent)
     Z = to_space(fit, test.H)
@@ -233,7 +249,7 @@ def _gate(fit: dict[str, Any], method: str, train: PairData, test: PairData, cfg
                                                 labels=test.labels, gallery_labels=gallery_labels)}
     gate["pairs"]["control_method"] = ctrl
     reasons = list(gate["pairs"]["reasons"])
-    if test.labels is not None:
+    if test.labels is not None and label_rule:
         gate["labels"] = label_gate(Z, test.G, test.labels, H_new=H_raw, metric=cfg.gate_metric, score=test.score,
                                     seed=cfg.seed, version=f"{version!r}", parent=f"{parent!r}",
                                     distractors=gallery, distractor_labels=gallery_labels)
@@ -339,7 +355,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
         best = max(report["candidates"], key=lambda c: _score(c["heldout"], cfg.gate_metric))
         pre = _gate(fits[best["method"]], best["method"], train, test, cfg_of(best["method"]), d_parent=d_parent,
                     gallery=data.gallery, version=name, parent=parent,
-                    gallery_labels=data.gallery_labels)
+                    gallery_labels=data.gallery_labels, label_rule=False)
         report["closed_form_gate"] = {"method": best["method"], "passed": pre["pairs"]["passed"],
                                       "reasons": pre["pairs"]["reasons"]}
         if not pre["pairs"]["passed"]:
