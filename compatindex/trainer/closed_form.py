@@ -430,6 +430,10 @@ def fit_affine(H: np.ndarray, G: np.ndarray, *, ridge: float = 1e-3) -> tuple[np
     return W.astype(np.float32), b.astype(np.float32)
 
 
+LABEL_CV_TWO_FOLDS = 512 * 512
+"""Label cross-validation uses 2 folds when ``d_h * d_p`` exceeds this (a 1280-d fit: each fold
+and strength costs a 1280 x 1280 eigendecomposition)."""
+
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
 """Relative ridge strengths :func:`select_ridge` cross-validates (times the mean eigenvalue of
 ``H^T H``, as in :func:`fit_linear`)."""
@@ -543,6 +547,8 @@ def select_ridge(H: Any, G: Any, *, grid: tuple[float, ...] = RIDGE_GRID,
         return (*base_sc, float(np.nanmean(t1)) if np.isfinite(t1).any() else 0.0)
 
     if y is not None:
+        if k > 2 and d * G.shape[1] > LABEL_CV_TWO_FOLDS:  # each fold costs an eigendecomposition per strength
+            parts = np.array_split(perm, 2)
         return _select_ridge_labels(H, G, parts, perm, grid=grid, spectra=spectra, score=score, max_eval=max_eval,
                                     scorer=fold_scores, extra_dims=extra_dims)
     cache = []
@@ -609,13 +615,14 @@ def stored_map_predictions(A: np.ndarray, Hv: np.ndarray, *, spectra: tuple[str,
         ``{spectrum: (n, d_p) float64}``.
     """
     d_p, d_h = A.shape
+    A32 = np.asarray(A, np.float32)
     if d_p <= d_h:
-        ev, U = np.linalg.eigh((A @ A.T).astype(np.float32))
+        ev, U = np.linalg.eigh(A32 @ A32.T)
         ev, U = ev[::-1].astype(np.float64), U[:, ::-1].astype(np.float64)
         sv = np.sqrt(np.clip(ev, 0.0, None))
         Pu = (Hv @ A.T) @ U
     else:  # A^T A = V S^2 V^T: Hv A'^T = Hv V diag(t) U^T with U = A V / s
-        ev, V = np.linalg.eigh((A.T @ A).astype(np.float32))
+        ev, V = np.linalg.eigh(A32.T @ A32)
         ev, V = ev[::-1].astype(np.float64), V[:, ::-1].astype(np.float64)
         sv = np.sqrt(np.clip(ev, 0.0, None))
         U = (A @ V) / np.maximum(sv, 1e-300)

@@ -234,13 +234,23 @@ CONTROL_OF = {"oca": "isometric", "mlp": "affine"}
 (retraining the head on junk would cost its whole training time and could only do worse)."""
 
 
+_CONTROL_CACHE: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {}
+"""The last shuffled-pairs control fit: ``(training split object, settings, fit)``."""
+
+
 def _gate(fit: dict[str, Any], method: str, train: PairData, test: PairData, cfg: TrainConfig, *,
           d_parent: int, gallery: np.ndarray | None, version: str, parent: str,
           gallery_labels: np.ndarray | None = None, label_rule: bool = True) -> dict[str, Any]:
     """Every gate rule on the gate split ``test`` for a fit of ``method`` trained on ``train``
     (``label_rule=False``: the pairs rule only, as the closed-form gate before torch training)."""
     ctrl = CONTROL_OF.get(method, method)
-    shuf_fit = fit_method(ctrl, train.shuffled(cfg.seed), cfg, d_parent=d_parent)
+    key = (ctrl, cfg.ridge, cfg.spectrum, cfg.extra_dims, cfg.seed, cfg.normalize_input, d_parent)
+    cached = _CONTROL_CACHE.get("last")
+    if cached is not None and cached[0] is train and cached[1] == key:
+        shuf_fit = cached[2]  # the closed-form gate and the final gate often need the same control
+    else:
+        shuf_fit = fit_method(ctrl, train.shuffled(cfg.seed), cfg, d_parent=d_parent)
+        _CONTROL_CACHE["last"] = (train, key, shuf_fit)  # holds `train`: identity stays meaningful
     Z = to_space(fit, test.H)
     Z_shuf = to_space(shuf_fit, test.H)
     H_raw = normalize_rows(test.H) if cfg.normalize_input else np.asarray(test.H, np.float32)
@@ -304,8 +314,11 @@ def fit_upgrade(data: PairData, *, d_parent: int, config: TrainConfig | None = N
     from .threads import limit_threads
 
     with limit_threads(cfg.threads) as k:
-        fit, report = _fit_upgrade(data, d_parent=d_parent, cfg=cfg, config=config, methods=methods, name=name,
-                                   parent=parent)
+        try:
+            fit, report = _fit_upgrade(data, d_parent=d_parent, cfg=cfg, config=config, methods=methods, name=name,
+                                       parent=parent)
+        finally:
+            _CONTROL_CACHE.clear()  # release the training split it holds
     report["threads"] = k
     return fit, report
 
