@@ -426,6 +426,7 @@ def _upgrade_path(ctx: dict[str, Any], sel: np.ndarray, steps: int, eval_q: np.n
     options; the CLI's ``compatindex upgrade``), which also fits and stores the serving parameters
     on its gate split; then a search with both queries and no ``fusion=`` (the stored weights,
     as ``compatindex search --query v2=... --query v1=...`` does)."""
+    import compatindex
     from compatindex.errors import IncompatibleVersionError
     from compatindex.trainer import upgrade
 

@@ -261,3 +261,25 @@ def test_labelled_fusion_fit_judges_first_hits_among_every_distractor():
     assert small["gallery"] == 60 and small["old_only"]["P@1"] != pytest.approx(res["old_only"]["P@1"])
     with pytest.raises(InvalidInputError, match="distractors"):
         fit_fusion(vs, "v2", "v1", Z, G, labels=y.tolist(), distractors=D[:, :4], distractor_labels=yd.tolist())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fusion_fit_keeps_old_only_weights_when_a_gain_is_not_established(seed):
+    """A new version that carries no information (random vectors), on a few dozen held-out
+    pairs: some weights may show a small positive mean gain by chance; the fit must not store
+    them (every weight's lower confidence bound is <= 0), so dual queries search as old ones."""
+    from compatindex.core.calibration import fit_fusion
+    from compatindex.core.datatypes import Version
+
+    rng = np.random.default_rng(seed)
+    C = rng.normal(size=(4, 8))
+    y = rng.integers(0, 4, 40)
+    G = C[y] + 1.0 * rng.normal(size=(40, 8))
+    G /= np.linalg.norm(G, axis=1, keepdims=True)
+    Z = rng.normal(size=(40, 8))
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    vs = {"v1": Version(name="v1", dim=8, metric=Metric.COSINE, parent=None),
+          "v2": Version(name="v2", dim=8, metric=Metric.COSINE, parent="v1")}
+    res = fit_fusion(vs, "v2", "v1", Z, G, labels=y.tolist(), score=Score.PAD)
+    assert res["fusion"] == {"v2": 0.0, "v1": 1.0}
+    assert all(b <= 0 for w, b in res["grid_lower_bound"].items() if w != "0.0")
