@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
             version, report = upgrade(ix, H_gal[sample], [ids[i] for i in sample], parent="v1", name="v2-posthoc",
                                       quiet=args.quiet)
         except IncompatibleVersionError as exc:  # strict by default: a refusal is an error, said loudly
-            out.print(f"[red]the compatibility gate refused v2-posthoc: {exc}[/red]")
+            out.print(f"[yellow]the compatibility gate refused v2-posthoc (nothing registered; v1 keeps serving): "
+                      f"{exc}[/yellow]")
             version, report = None, {}
         if version is not None:
             rows.append(("post-hoc new/old", "v2-posthoc queries, v1 gallery (no backfill)",
