@@ -456,12 +456,10 @@ def _fold_scores(P: np.ndarray, G: np.ndarray, score: str) -> tuple[float, float
 
 
 def _cv_key(sc: Any, score: str) -> tuple[float, ...]:
-    """What cross-validation maximizes: with labels, label top-1 in the gallery (to 1e-3, below
-    which fold noise decides) first; then identity-retrieval MRR (to 1e-4), then mean cosine,
-    under cosine; the held-out squared error under ip, where the largest-norm items top every
-    ranking and identity retrieval says little about the map."""
-    lab = (round(float(sc[3]), 3),) if len(sc) > 3 else ()
-    return (*lab, float(sc[2])) if score == "pad" else (*lab, round(float(sc[0]), 4), float(sc[1]))
+    """What cross-validation maximizes: identity-retrieval MRR (to 1e-4), then mean cosine, under
+    cosine; the held-out squared error under ip, where the largest-norm items top every ranking
+    and identity retrieval says little about the map."""
+    return (float(sc[2]),) if score == "pad" else (round(float(sc[0]), 4), float(sc[1]))
 
 
 def select_ridge(H: Any, G: Any, *, grid: tuple[float, ...] = RIDGE_GRID,
@@ -526,31 +524,16 @@ def select_ridge(H: Any, G: Any, *, grid: tuple[float, ...] = RIDGE_GRID,
     perm = np.random.default_rng(seed + 104729).permutation(n)
     parts = np.array_split(perm, k)
     y = None if labels is None else np.asarray(labels)
-    if y is not None and np.sum(y >= 0) < 10 * k:
-        y = None  # too few labelled rows to score a fold by label retrieval
-    D = Dl = None
-    if y is not None and gallery is not None and gallery_labels is not None and len(gallery):
-        D = np.asarray(gallery, np.float64)[:max_gallery]
-        Dl = np.asarray(gallery_labels)[:max_gallery]
-    width = 3 if y is None else 4
-    scores = np.zeros((len(grid), width))
-
-    def fold_scores(P: np.ndarray, Gv: np.ndarray, te_rows: np.ndarray) -> tuple[float, ...]:
-        base_sc = _fold_scores(P, Gv, score)
-        if y is None:
-            return base_sc
-        from .. import evaluation as ev
-
-        yv = y[te_rows]
-        m = yv >= 0
-        t1 = ev.label_retrieval(P[m], Gv[m], yv[m], D, Dl, score=score, ap_max_gallery=0)["top1"]
-        return (*base_sc, float(np.nanmean(t1)) if np.isfinite(t1).any() else 0.0)
-
-    if y is not None:
+    if y is not None and np.sum(y >= 0) >= 10 * k:  # enough labelled rows to score folds by label retrieval
         if k > 2 and d * G.shape[1] > LABEL_CV_TWO_FOLDS:  # each fold costs an eigendecomposition per strength
             parts = np.array_split(perm, 2)
-        return _select_ridge_labels(H, G, parts, perm, grid=grid, spectra=spectra, score=score, max_eval=max_eval,
-                                    scorer=fold_scores, extra_dims=extra_dims)
+        D = Dl = None
+        if gallery is not None and gallery_labels is not None and len(gallery):
+            D = np.asarray(gallery[:max_gallery], np.float32)
+            Dl = np.asarray(gallery_labels[:max_gallery])
+        return _select_ridge_labels(H, G, parts, perm, y, D, Dl, grid=grid, spectra=spectra, score=score,
+                                    max_eval=max_eval, extra_dims=extra_dims)
+    scores = np.zeros((len(grid), 3))
     cache = []
     for te in parts:
         tr = np.setdiff1d(perm, te, assume_unique=True)
@@ -567,9 +550,8 @@ def select_ridge(H: Any, G: Any, *, grid: tuple[float, ...] = RIDGE_GRID,
         base = max(float(e.sum()) / max(d, 1), 1e-12)  # trace(H^T H) / d, as fit_linear scales it
         e = np.clip(e, 0.0, None)
         preds = [(L / (e + lam * base)) @ R for lam in grid]
-        te_rows = te[:max_eval]
-        scores += np.array([fold_scores(P, Gv, te_rows) for P in preds])
-        cache.append((left, e, R, base, Hv, Gv, te_rows))
+        scores += np.array([_fold_scores(P, Gv, score) for P in preds])
+        cache.append((left, e, R, base, Hv, Gv))
     scores /= k
     # best MRR (to 1e-4, below which fold noise decides), then best mean cosine with the own
     # vector, then the stronger ridge
@@ -580,10 +562,10 @@ def select_ridge(H: Any, G: Any, *, grid: tuple[float, ...] = RIDGE_GRID,
         if sp == "scale" and score == "renorm":  # a common factor changes no cosine: the score above
             spec_scores[sp] = scores[best]
             continue
-        tot = np.zeros(width)
-        for left, e, R, base, Hv, Gv, te_rows in cache:
+        tot = np.zeros(3)
+        for left, e, R, base, Hv, Gv in cache:
             A = to_contraction(((left / (e + lam * base)) @ R).T, spectrum=sp)
-            tot += np.array(fold_scores(Hv @ A.T, Gv, te_rows))
+            tot += np.array(_fold_scores(Hv @ A.T, Gv, score))
         spec_scores[sp] = tot / k
     spectrum = max(spectra, key=lambda s: (*_cv_key(spec_scores[s], score), -spectra.index(s)))
     return {"ridge": lam, "spectrum": spectrum,
@@ -639,9 +621,10 @@ def stored_map_predictions(A: np.ndarray, Hv: np.ndarray, *, spectra: tuple[str,
     return out
 
 
-def _select_ridge_labels(H: np.ndarray, G: np.ndarray, parts: list[np.ndarray], perm: np.ndarray, *,
-                         grid: tuple[float, ...], spectra: tuple[str, ...], score: str, max_eval: int,
-                         scorer: Any, extra_dims: int | None) -> dict[str, Any]:
+def _select_ridge_labels(H: np.ndarray, G: np.ndarray, parts: list[np.ndarray], perm: np.ndarray, y: np.ndarray,
+                         D: np.ndarray | None, Dl: np.ndarray | None, *, grid: tuple[float, ...],
+                         spectra: tuple[str, ...], score: str, max_eval: int, extra_dims: int | None
+                         ) -> dict[str, Any]:
     """:func:`select_ridge` with labels: ridge and spectrum chosen together by label top-1 of the
     map the fit stores (then identity MRR, then the stronger ridge).
 
@@ -662,6 +645,15 @@ def _select_ridge_labels(H: np.ndarray, G: np.ndarray, parts: list[np.ndarray], 
         base = max(float(e.sum()) / max(d_h, 1), 1e-12)
         folds.append((W, np.clip(e, 0.0, None), R, base, H[te_rows], G[te_rows], te_rows))
     tot: dict[int, np.ndarray] = {}
+
+    def scorer(P: np.ndarray, Gv: np.ndarray, te_rows: np.ndarray) -> tuple[float, ...]:
+        """Identity scores of :func:`_fold_scores`, then label top-1 in the gallery."""
+        from .. import evaluation as ev
+
+        yv = y[te_rows]
+        m = yv >= 0
+        t1 = ev.label_retrieval(P[m], Gv[m], yv[m], D, Dl, score=score, ap_max_gallery=0)["top1"]
+        return (*_fold_scores(P, Gv, score), float(np.nanmean(t1)) if np.isfinite(t1).any() else 0.0)
 
     def score_strength(i: int) -> None:
         acc = np.zeros((len(spectra), 4))

@@ -206,23 +206,6 @@ def pairs_gate(Z: np.ndarray, Z_shuffled: np.ndarray, H_raw: np.ndarray | None, 
     return out
 
 
-def _per_query(Z: np.ndarray, G: np.ndarray, y: np.ndarray, score: str) -> tuple[np.ndarray, np.ndarray]:
-    """Leave-one-out top-1 hit and AP of each query (``(n,)`` each; NaN where no relevant item)."""
-    S = ev.similarity(Z, G, score=score)
-    n = len(y)
-    S[np.arange(n), np.arange(n)] = -np.inf
-    rel = y[:, None] == y[None, :]
-    rel[np.arange(n), np.arange(n)] = False
-    order = np.argsort(-S, axis=1, kind="stable")
-    R = np.take_along_axis(rel, order, axis=1)[:, :-1]
-    npos = R.sum(1)
-    top1 = R[:, 0].astype(np.float64)
-    prec = np.cumsum(R, axis=1) / np.arange(1, R.shape[1] + 1)
-    ap = np.where(npos > 0, (prec * R).sum(1) / np.maximum(npos, 1), np.nan)
-    top1[npos == 0] = np.nan
-    return top1, ap
-
-
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0,
                    level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``mean(a) - mean(b)`` for paired per-query values."""

@@ -176,16 +176,20 @@ def selection_gallery_rows(dim: int) -> int:
     return int(min(SELECTION_GALLERY, max(2000, SELECTION_GALLERY * 128 // max(int(dim), 1))))
 
 
+def _selection_gallery(split_: PairData) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The distractors (and their labels) a split's labelled queries search while selecting."""
+    k = selection_gallery_rows(split_.G.shape[1])
+    return (None if split_.gallery is None else split_.gallery[:k],
+            None if split_.gallery_labels is None else split_.gallery_labels[:k])
+
+
 def _val_arrays(val: PairData | None, cfg: TrainConfig) -> tuple[Any, ...] | None:
     """``(H, G, labels, distractors, distractor_labels)`` of a selection split as the heads see
     them (normalized like training), with the stored gallery its labelled queries search."""
     if val is None or len(val) == 0:
         return None
     H = normalize_rows(val.H) if cfg.normalize_input else np.asarray(val.H, np.float32)
-    k = selection_gallery_rows(val.G.shape[1])
-    gal = None if val.gallery is None else val.gallery[:k]
-    gal_y = None if val.gallery_labels is None else val.gallery_labels[:k]
-    return H, np.asarray(val.G, np.float32), val.labels, gal, gal_y
+    return (H, np.asarray(val.G, np.float32), val.labels, *_selection_gallery(val))
 
 
 def _evaluate(fit: dict[str, Any], test: PairData, gallery: np.ndarray | None) -> dict[str, Any]:
@@ -199,9 +203,7 @@ def _evaluate(fit: dict[str, Any], test: PairData, gallery: np.ndarray | None) -
         # new/old as the index will serve it: each held-out item searches the stored gallery
         # (the held-out items' own vectors, itself left out, plus the other stored items)
         # (mAP, which needs whole rankings, over the first 5,000 of them: selection only)
-        k = selection_gallery_rows(test.G.shape[1])
-        gal = None if test.gallery is None else test.gallery[:k]
-        gal_y = None if test.gallery_labels is None else test.gallery_labels[:k]
+        gal, gal_y = _selection_gallery(test)
         out["new_old"] = ev.summarize_label_retrieval(ev.label_retrieval(
             Z[m], test.G[m], y, gal, gal_y, score=sc, ap_max_gallery=5_000))
         out["new_new"] = ev.cmc_map(Z[m], Z[m], y, y, leave_one_out=True, score=sc)
@@ -234,23 +236,21 @@ CONTROL_OF = {"oca": "isometric", "mlp": "affine"}
 (retraining the head on junk would cost its whole training time and could only do worse)."""
 
 
-_CONTROL_CACHE: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {}
-"""The last shuffled-pairs control fit: ``(training split object, settings, fit)``."""
-
-
 def _gate(fit: dict[str, Any], method: str, train: PairData, test: PairData, cfg: TrainConfig, *,
           d_parent: int, gallery: np.ndarray | None, version: str, parent: str,
-          gallery_labels: np.ndarray | None = None, label_rule: bool = True) -> dict[str, Any]:
+          gallery_labels: np.ndarray | None = None, label_rule: bool = True,
+          controls: dict[tuple[Any, ...], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Every gate rule on the gate split ``test`` for a fit of ``method`` trained on ``train``
-    (``label_rule=False``: the pairs rule only, as the closed-form gate before torch training)."""
+    (``label_rule=False``: the pairs rule only, as the closed-form gate before torch training).
+    ``controls`` keeps the shuffled-pairs control fits of one upgrade, keyed by method, training
+    split and settings: the closed-form gate and the final gate often need the same one."""
     ctrl = CONTROL_OF.get(method, method)
-    key = (ctrl, cfg.ridge, cfg.spectrum, cfg.extra_dims, cfg.seed, cfg.normalize_input, d_parent)
-    cached = _CONTROL_CACHE.get("last")
-    if cached is not None and cached[0] is train and cached[1] == key:
-        shuf_fit = cached[2]  # the closed-form gate and the final gate often need the same control
-    else:
+    key = (ctrl, id(train), cfg.ridge, cfg.spectrum, cfg.extra_dims, cfg.seed, cfg.normalize_input, d_parent)
+    shuf_fit = None if controls is None else controls.get(key)
+    if shuf_fit is None:
         shuf_fit = fit_method(ctrl, train.shuffled(cfg.seed), cfg, d_parent=d_parent)
-        _CONTROL_CACHE["last"] = (train, key, shuf_fit)  # holds `train`: identity stays meaningful
+        if controls is not None:  # the caller holds its splits alive for the upgrade: ids stay unique
+            controls[key] = shuf_fit
     Z = to_space(fit, test.H)
     Z_shuf = to_space(shuf_fit, test.H)
     H_raw = normalize_rows(test.H) if cfg.normalize_input else np.asarray(test.H, np.float32)
@@ -314,11 +314,8 @@ def fit_upgrade(data: PairData, *, d_parent: int, config: TrainConfig | None = N
     from .threads import limit_threads
 
     with limit_threads(cfg.threads) as k:
-        try:
-            fit, report = _fit_upgrade(data, d_parent=d_parent, cfg=cfg, config=config, methods=methods, name=name,
-                                       parent=parent)
-        finally:
-            _CONTROL_CACHE.clear()  # release the training split it holds
+        fit, report = _fit_upgrade(data, d_parent=d_parent, cfg=cfg, config=config, methods=methods, name=name,
+                                   parent=parent)
     report["threads"] = k
     return fit, report
 
@@ -334,13 +331,18 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
     train, val, test = data.subset(tr_all[sub_tr]), data.subset(tr_all[sub_va]), data.subset(te_idx)
     t0 = time.perf_counter()
     cands = methods or (list(ISOMETRIC_FAMILY) if cfg.method == "auto" else [cfg.method])
+    # without labels both families get the identity cross-validation: resolve it once
     families = sorted({ridge_family(m) for m in cands}) if data.labels is not None else ["isometric"]
     resolved = {fam: resolve_config(cfg, train, family=fam) for fam in families}
+    controls: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def family_of(m: str) -> str:
+        return ridge_family(m) if ridge_family(m) in resolved else families[0]
 
     def cfg_of(m: str) -> TrainConfig:
-        return resolved[ridge_family(m) if ridge_family(m) in resolved else families[0]][0]
+        return resolved[family_of(m)][0]
 
-    cfg, selection = resolved[ridge_family(cands[0]) if ridge_family(cands[0]) in resolved else families[0]]
+    cfg, selection = resolved[family_of(cands[0])]
     report: dict[str, Any] = {
         "method": config.method if config is not None else "auto",
         "data": {"n_pairs": n, "n_train": len(train), "n_select": len(val), "n_heldout": len(test),
@@ -368,7 +370,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
         best = max(report["candidates"], key=lambda c: _score(c["heldout"], cfg.gate_metric))
         pre = _gate(fits[best["method"]], best["method"], train, test, cfg_of(best["method"]), d_parent=d_parent,
                     gallery=data.gallery, version=name, parent=parent,
-                    gallery_labels=data.gallery_labels, label_rule=False)
+                    gallery_labels=data.gallery_labels, label_rule=False, controls=controls)
         report["closed_form_gate"] = {"method": best["method"], "passed": pre["pairs"]["passed"],
                                       "reasons": pre["pairs"]["reasons"]}
         if not pre["pairs"]["passed"]:
@@ -384,7 +386,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
     chosen = best["method"]
     report["chosen"] = chosen
     cfg = cfg_of(chosen)
-    fam = ridge_family(chosen) if ridge_family(chosen) in resolved else families[0]
+    fam = family_of(chosen)
     report["resolved"] = {"ridge": cfg.ridge, "spectrum": cfg.spectrum, "normalize_input": cfg.normalize_input}
     report["selection"] = {**resolved[fam][1], "family": fam, "seconds": report["selection"]["seconds"]}
     if len(resolved) > 1:
@@ -396,7 +398,7 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
         fits[chosen] = fit_method(chosen, fit_train, cfg, d_parent=d_parent)
     fit = fits[chosen]
     report["gate"] = _gate(fit, chosen, fit_train, test, cfg, d_parent=d_parent, gallery=data.gallery,
-                           version=name, parent=parent, gallery_labels=data.gallery_labels)
+                           version=name, parent=parent, gallery_labels=data.gallery_labels, controls=controls)
     report["dim"] = fit["dim"]
     fit["heldout_rows"] = te_idx  # the gate split: what upgrade() fits the serving parameters on
     return fit, _clean(report)
@@ -564,9 +566,9 @@ def _fit_serving(index: Any, name: str, parent: str, data: PairData, rows: Any) 
         return {"fusion": old_only, "pairs": int(len(rows)), "reason": f"{exc} (parent-only weights stored)"}
     fus = res.get("fusion") or {}
     qm = res.get("query_map") or {}
-    out: dict[str, Any] = _clean({"pairs": int(len(rows)), "labels": labels is not None, "fusion": fus.get("fusion"),
-                   "gain": fus.get("gain"), "gains": fus.get("gains"), "old_only": fus.get("old_only"),
-                   "query_map": {"stored": qm.get("stored"), "reason": qm.get("reason")} if qm else None,
-                   "calibration": {str(k): {"a": c.get("a"), "b": c.get("b")}
-                                   for k, c in (res.get("calibration") or {}).items()}})
+    out: dict[str, Any] = _clean({
+        "pairs": int(len(rows)), "labels": labels is not None, "fusion": fus.get("fusion"), "gain": fus.get("gain"),
+        "gains": fus.get("gains"), "old_only": fus.get("old_only"),
+        "query_map": {"stored": qm.get("stored"), "reason": qm.get("reason")} if qm else None,
+        "calibration": {str(k): {"a": c.get("a"), "b": c.get("b")} for k, c in (res.get("calibration") or {}).items()}})
     return out
