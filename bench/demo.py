@@ -4,10 +4,11 @@
    images are embedded with it and stored in an on-disk index, with their labels.
 2. The new model is trained on all 10 classes with the bundled trainer's OCA recipe against
    the stored gallery (class prototypes = mean stored v1 vector per label: no old model
-   needed), plus a pair term against the stored v1 vector of each training image (cosine +
-   InfoNCE with in-batch negatives): the recipe that met M(new, old) > M(old, old) in the
-   Fashion-MNIST benchmark (docs/benchmarks.md). It emits 64 + 32 dims whose 64-dim prefix lives
-   in v1's space: version v2.
+   needed), plus a term against the stored v1 vectors themselves: a cosine pin to each
+   training image's own stored vector and a supervised contrastive loss in which the stored
+   vectors of the batch's same-label images are the positives (label retrieval in the old
+   gallery, which is what M(new, old) measures). It emits 64 + 32 dims whose 64-dim prefix
+   lives in v1's space: version v2.
 3. The frozen-encoder path: an independently trained new model (128 dims, someone else's
    model) is made compatible post hoc by ``compatindex.trainer.upgrade`` from 10% of the
    gallery; the compatibility gate admits it as version v2-posthoc (a branch of v1).
@@ -47,8 +48,14 @@ def _top1(res, gallery_labels: dict, query_labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(first) == query_labels))
 
 
-RECIPES = ("bct", "bct+pairs", "oca", "oca+pairs")
-RECIPE = "oca+pairs"
+RECIPES = ("bct", "bct+pairs", "oca", "oca+pairs", "oca+gallery")
+RECIPE = "oca+gallery"
+RECIPE_CONFIG = {"oca+gallery": {"pair_negatives": "same_labels", "w_cos": 0.0, "w_pair": 2.0, "w_nce": 2.0}}
+"""Extra ``BackboneConfig`` fields of a recipe. ``oca+gallery``: OCA's class terms plus, for each
+training image, a supervised contrastive term against the stored v1 vectors of the batch (its
+own and every same-label one are positives) and a cosine pin to its own; no cosine-to-prototype
+term. On the demo's models it measured new/old 0.812 against old/old 0.778 (``oca+pairs``:
+0.778), 2026-12-06."""
 
 
 def _plot_curve(curve: list[tuple[float, float]], old_old: float, path: Path) -> Path | None:
@@ -99,7 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(1)
     n_gallery = 20_000 if args.quick else len(Xtr)
     n_query = 2_000 if args.quick else len(Xte)
+    # --quick is a smoke run: on its 20,000 images v2 does not reach old/old (measured 2026-12-06:
+    # new/old 0.719 vs 0.777 with 2 epochs, 0.775 with 8); the full run is the measurement
     epochs = 2 if args.quick else 4
+    epochs_v2 = epochs
     Xtr, ytr = Xtr[:n_gallery].astype(np.float32) / 255.0, ytr[:n_gallery]
     Xte, yte = Xte[:n_query].astype(np.float32) / 255.0, yte[:n_query]
 
@@ -137,13 +147,14 @@ def main(argv: list[str] | None = None) -> dict:
         P = np.stack([stored.vectors[lab == c].mean(0) for c in range(10)]).astype(np.float32)
         pos = {i: k for k, i in enumerate(stored.ids)}
         G_stored = np.asarray(stored.vectors, np.float32)[[pos[i] for i in ids]]  # stored v1 vector per image
-        method, pairs = args.recipe.split("+")[0], args.recipe.endswith("+pairs")
+        method, pairs = args.recipe.split("+")[0], "+" in args.recipe
         new = train_backbone(_mlp(784, 512, 96, 2), Xtr, ytr, prototypes=P, old_vectors=G_stored if pairs else None,
-                             config=BackboneConfig(method=method, d_parent=64, num_classes=10, epochs=epochs,
+                             config=BackboneConfig(method=method, d_parent=64, num_classes=10, epochs=epochs_v2,
                                                    batch_size=256, seed=2, quiet=args.quiet,
-                                                   bct_alpha=10.0))  # BCT's influence weight, as benchmarked
+                                                   bct_alpha=10.0,  # BCT's influence weight, as benchmarked
+                                                   **RECIPE_CONFIG.get(args.recipe, {})))
         N_gal, N_q = new.embed(Xtr), new.embed(Xte)
-        ix.register_version("v2", "v1", 96, config={"recipe": args.recipe, "epochs": epochs,
+        ix.register_version("v2", "v1", 96, config={"recipe": args.recipe, "epochs": epochs_v2,
                                                     "prototypes": "stored v1 class means",
                                                     "pairs": "stored v1 vector of each training image" if pairs
                                                     else None})

@@ -39,6 +39,12 @@ OCA_PAIRS_HOC: dict[str, Any] = {"pair_negatives": "other_labels", "w_cos": 0.0}
 vector), with the pair InfoNCE's negatives restricted to other-label items and no
 cosine-to-prototype term (the experiments behind it: docs/benchmarks.md, §1)."""
 
+OCA_GALLERY: dict[str, Any] = {"pair_negatives": "same_labels", "w_cos": 0.0, "w_pair": 2.0, "w_nce": 2.0}
+"""``oca+gallery``: the trainer's ``oca`` given ``old_vectors=``, with a supervised contrastive pair
+term (the stored v1 vectors of same-label images in the batch are positives: label retrieval in
+the old gallery) at weight 2, a cosine pin to the own stored vector at weight 2, and no
+cosine-to-prototype term; the demo's recipe (bench/demo.py)."""
+
 OCA_LONG_EPOCHS = 12
 """Epochs of the ``oca-e12`` and ``oca+pairs-hoc`` rows (OCA's own recipe trains 100; the other
 new models here train ``Setup.epochs_new``)."""
@@ -275,6 +281,10 @@ def run(quick: bool = False, s: Setup | None = None) -> dict[str, Any]:
         "oca+pairs-hoc": train_model("oca+pairs-hoc", s, data, method="oca", classes=10, d_out=D_OLD + DELTA,
                                      d_parent=D_OLD, prototypes=P, old_vectors=index.get_vectors(ids, version="v1"),
                                      epochs=None if s.quick else OCA_LONG_EPOCHS, **OCA_PAIRS_HOC),
+        # the same with same-label stored vectors as positives (supervised contrastive), as long
+        "oca+gallery": train_model("oca+gallery", s, data, method="oca", classes=10, d_out=D_OLD + DELTA,
+                                   d_parent=D_OLD, prototypes=P, old_vectors=index.get_vectors(ids, version="v1"),
+                                   epochs=None if s.quick else OCA_LONG_EPOCHS, **OCA_GALLERY),
         # the published recipe trained as long as oca+pairs-hoc
         "oca-e12": train_model("oca-e12", s, data, method="oca", classes=10, d_out=D_OLD + DELTA, d_parent=D_OLD,
                                prototypes=P, epochs=None if s.quick else OCA_LONG_EPOCHS),
@@ -311,7 +321,8 @@ def run(quick: bool = False, s: Setup | None = None) -> dict[str, Any]:
         log(f"posthoc {meth}: dim {rep['dim']}, gate passed {rep['gate']['passed']} ({posthoc[meth]['fit_seconds']}s)")
     results["posthoc_fit"] = posthoc
     methods = [("independent", "independent", False), ("bct", "bct", False), ("oca", "oca", False),
-               ("oca+pairs", "oca+pairs", False), ("oca+pairs-hoc", "oca+pairs-hoc", False), ("oca-e12", "oca-e12", False),
+               ("oca+pairs", "oca+pairs", False), ("oca+pairs-hoc", "oca+pairs-hoc", False),
+               ("oca+gallery", "oca+gallery", False), ("oca-e12", "oca-e12", False),
                ("posthoc-isometric", "independent", True), ("posthoc-oca", "independent", True),
                ("posthoc-procrustes", "independent", True)]
     for ver, src, raw in methods:
@@ -369,7 +380,7 @@ def run(quick: bool = False, s: Setup | None = None) -> dict[str, Any]:
               "met_top1": bool(table[ver]["new_old"]["top1"] >= oo["top1"] + 0.02),
               "met_mAP": bool(table[ver]["new_old"]["mAP"] >= oo["mAP"] + 0.05),
               "met_new_new": bool(table[ver]["new_new"]["top1"] >= ind["top1"] - 0.01)}
-        for ver in ("oca", "oca-e12", "oca+pairs", "oca+pairs-hoc", "bct")}
+        for ver in ("oca", "oca-e12", "oca+pairs", "oca+pairs-hoc", "oca+gallery", "bct")}
     start = posthoc["oca"].get("start") or "isometric"
     results["goals"]["posthoc_oca_not_below_its_closed_form_start"] = {
         "start": start, **{m: {"oca": table["posthoc-oca"]["new_old"][m], "start": table[f"posthoc-{start}"]["new_old"][m],
@@ -447,7 +458,10 @@ def markdown(r: dict[str, Any]) -> str:
                   "`oca-e12` the same trained for " + str(r["training"].get("oca-e12", {}).get("epochs", "?"))
                 + " epochs; `oca+pairs-hoc` is the trainer's `oca` with `old_vectors=` (the stored v1 vector of each "
                   "training image), `pair_negatives=\"other_labels\"` and no cosine-to-prototype term, trained for "
-                + str(r["training"].get("oca+pairs-hoc", {}).get("epochs", "?")) + " epochs.\n")
+                + str(r["training"].get("oca+pairs-hoc", {}).get("epochs", "?")) + " epochs; `oca+gallery` the same "
+                  "with `pair_negatives=\"same_labels\"` (the stored v1 vectors of same-label images are positives "
+                  "too: a supervised contrastive loss against the old gallery), pair weights 2 / 2, trained for "
+                + str(r["training"].get("oca+gallery", {}).get("epochs", "?")) + " epochs.\n")
     cached = [n for n, m in r.get("training", {}).items() if m.get("cached")]
     if cached:
         txt += ("\nBackbones loaded from the benchmark's model cache (trained by an earlier run with the same "

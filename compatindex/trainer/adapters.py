@@ -57,12 +57,14 @@ class RetractedOrthonormal(nn.Module):
         quadratically from a retracted W), with an SVD when W has drifted too far for it."""
         W = self.weight.double()
         eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
-        if float((W.T @ W - eye).abs().max()) < 0.5:
-            for _ in range(12):
-                W = 1.5 * W - 0.5 * W @ (W.T @ W)
-                if float((W.T @ W - eye).abs().max()) < 1e-12:
+        M = W.T @ W
+        if float((M - eye).abs().max()) < 0.5:
+            for _ in range(12):  # each Gram serves the convergence check and the next step
+                W = 1.5 * W - 0.5 * W @ M
+                M = W.T @ W
+                if float((M - eye).abs().max()) < 1e-12:
                     break
-        if float((W.T @ W - eye).abs().max()) >= 1e-9:
+        if float((M - eye).abs().max()) >= 1e-9:
             U, _, Vh = torch.linalg.svd(self.weight.double(), full_matrices=False)
             W = U @ Vh
         self.weight.copy_(W.to(self.weight.dtype))
@@ -76,6 +78,14 @@ def _orthonormal_linear(d_in: int, d_out: int, *, bias: bool, impl: str) -> nn.M
     if impl == "retract":
         return RetractedOrthonormal(d_in, d_out, bias=bias)
     raise ValueError(f"orth_impl must be auto, param or retract; got {impl!r}")
+
+
+RETRACT_EVERY = 5
+"""Optimizer steps between retractions of the head's orthonormal weight. One Newton-Schulz step
+costs two (d x d) products, more than a batch's forward and backward at 1280 dims; a few Adam
+steps at the isometry head's scaled rate leave ``W^T W`` within about 1e-3 of the identity,
+where one Newton-Schulz step still brings it back (it converges quadratically), so retracting
+every step doubled the head's cost for nothing (measured: docs/benchmarks.md, §5)."""
 
 
 def retract_all(model: nn.Module) -> None:
@@ -336,7 +346,7 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
     parts: dict[str, float] = {}
     model.train()
     best = best0 = _val_score(model, val, score) if val is not None else None
-    best_state, best_step, steps_run = None, 0, 0
+    best_state, best_step, steps_run, stale = None, 0, 0, 0
     t_end = None if cfg.max_seconds is None else time.perf_counter() + cfg.max_seconds
     with Progress(cfg.steps, desc=desc, quiet=cfg.quiet) as bar:
         for step in range(cfg.steps):
@@ -356,17 +366,23 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            retract_all(model)
             parts["loss"] = float(loss.detach())
             bar.update(1, loss=parts["loss"])
             steps_run = step + 1
             out_of_time = t_end is not None and time.perf_counter() > t_end
-            if val is not None and (steps_run % max(cfg.eval_every, 1) == 0 or steps_run == cfg.steps or out_of_time):
+            score_now = val is not None and (steps_run % max(cfg.eval_every, 1) == 0 or steps_run == cfg.steps
+                                             or out_of_time)
+            if steps_run % RETRACT_EVERY == 0 or score_now or steps_run == cfg.steps or out_of_time:
+                retract_all(model)
+            if score_now and val is not None:
                 sc = _val_score(model, val, score)  # retracted W: orthonormal to ~1e-4, snapped at the end
                 if sc > best:  # type: ignore[operator]
                     best, best_step = sc, steps_run
                     best_state = copy.deepcopy(model.state_dict())
-            if out_of_time or not np.isfinite(parts["loss"]):
+                    stale = 0
+                else:
+                    stale += 1
+            if out_of_time or not np.isfinite(parts["loss"]) or (cfg.patience is not None and stale >= cfg.patience):
                 break
     if val is not None:
         if best_state is None:  # nothing beat the closed-form start: return to it

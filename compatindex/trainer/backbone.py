@@ -297,7 +297,8 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                               w_cos=cfg.w_ancestor_cos,
                               label_smoothing=cfg.label_smoothing, ancestor_prototypes=aps,
                               w_proto=cfg.w_ancestor_proto,
-                              proto_temperature=cfg.ancestor_proto_temperature).to(device)
+                              proto_temperature=cfg.ancestor_proto_temperature,
+                              same_label_positives=cfg.pair_negatives == "same_labels").to(device)
     elif ancestor_vectors:
         raise InvalidInputError("`ancestor_vectors` is for method 'simplex'")
     pair_fn: PairAlignLoss | None = None
@@ -308,7 +309,8 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
         if Gt.ndim != 2 or len(Gt) != n or (cfg.d_parent and Gt.shape[1] != cfg.d_parent):
             raise InvalidInputError(f"`old_vectors` must be ({n}, {cfg.d_parent or 'd_parent'}); got {tuple(Gt.shape)}")
         pair_fn = PairAlignLoss(Gt.shape[1], w_cos=cfg.w_pair, w_nce=cfg.w_nce, tau=cfg.temperature).to(device)
-        label_nce = AncestorNCE(mu=1.0 / cfg.temperature) if cfg.pair_negatives == "other_labels" else None
+        label_nce = AncestorNCE(mu=1.0 / cfg.temperature, same_label_positives=cfg.pair_negatives == "same_labels") \
+            if cfg.pair_negatives != "all" else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, n)
     per_epoch = math.ceil(n / bs)
@@ -345,7 +347,7 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                 loss, parts = loss_fn(logits, h, yb)
             if pair_fn is not None and Gt is not None:
                 gb = Gt[idx].to(device)
-                if label_nce is not None:  # HOC-style: only other-label items are negatives
+                if label_nce is not None:  # HOC-style (only other-label items are negatives) or supervised
                     lc = (1.0 - F.cosine_similarity(h[:, : gb.shape[1]], gb, dim=1)).mean()
                     ln = label_nce.one(h, gb, yb)
                     lp = cfg.w_pair * lc + cfg.w_nce * ln

@@ -16,6 +16,8 @@ METHODS = ("auto", "isometric", "procrustes", "oca", "affine", "mlp")
 
 BACKBONE_METHODS = ("oca", "bct", "independent", "simplex")
 """Whole-model recipes accepted by :func:`compatindex.trainer.train_backbone`."""
+PAIR_NEGATIVES = ("all", "other_labels", "same_labels")
+"""Contrasts of the backbone's pair InfoNCE (``BackboneConfig.pair_negatives``)."""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -105,6 +107,9 @@ class TrainConfig(_DictMixin):
     2-core machine one thread was several times faster than two). Restored afterwards."""
     eval_every: int = 25
     """Torch heads score the selection split every this many steps and keep the best state."""
+    patience: int | None = 4
+    """Torch heads stop after this many selection-split scorings in a row without a gain (the
+    best state is kept; None: train to ``steps`` or ``max_seconds``)."""
     max_seconds: float | None = 20.0
     """Wall-clock budget of one torch head's training (None: no limit); the best state so far
     is kept when it runs out, and the report says so."""
@@ -131,6 +136,9 @@ class TrainConfig(_DictMixin):
         _check(self.gate_metric in ("top1", "mAP"), f"`gate_metric` must be 'top1' or 'mAP'; got {self.gate_metric!r}")
         _check(self.steps >= 0, f"`steps` must be >= 0; got {self.steps!r}")
         _check(self.batch_size >= 2, f"`batch_size` must be >= 2; got {self.batch_size!r}")
+        _check(self.patience is None or (isinstance(self.patience, int) and not isinstance(self.patience, bool)
+                                         and self.patience >= 1),
+               f"`patience` must be None or an integer >= 1; got {self.patience!r}")
 
 
 @dataclass
@@ -162,8 +170,11 @@ class BackboneConfig(_DictMixin):
     w_nce: float = 1.0
     temperature: float = 0.05
     pair_negatives: str = "all"
-    """Negatives of the pair InfoNCE: ``all`` (every other item of the batch) or ``other_labels``
-    (items with another label only, iamcl2r's HOC: same-class neighbours are not pushed away)."""
+    """Contrast of the pair InfoNCE: ``all`` (every other item of the batch is a negative),
+    ``other_labels`` (items with another label only, iamcl2r's HOC: same-class neighbours are
+    not pushed away) or ``same_labels`` (same-label items' stored vectors are positives too: a
+    supervised contrastive loss against the stored gallery, the loss of new/old label
+    retrieval itself)."""
     w_ancestor_cos: float = 0.0
     """``simplex``: weight of ``1 - cos(h[:, :d_j], G_j)`` per ancestor (pins the absolute
     position, as BT²'s ``1 - <phi_old, h_bct>``); 0 leaves it out."""
@@ -196,8 +207,8 @@ class BackboneConfig(_DictMixin):
                f"`method` must be one of {BACKBONE_METHODS}; got {self.method!r}")
         _check(self.batch_size >= 2, f"`batch_size` must be >= 2; got {self.batch_size!r}")
         _check(self.epochs >= 0, f"`epochs` must be >= 0; got {self.epochs!r}")
-        _check(self.pair_negatives in ("all", "other_labels"),
-               f"`pair_negatives` must be 'all' or 'other_labels'; got {self.pair_negatives!r}")
+        _check(self.pair_negatives in PAIR_NEGATIVES,
+               f"`pair_negatives` must be one of {PAIR_NEGATIVES}; got {self.pair_negatives!r}")
 
 
 def resolve_device(name: str = "auto") -> str:

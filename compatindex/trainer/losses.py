@@ -190,11 +190,14 @@ class AncestorNCE(nn.Module):
     ancestors, so a version trained against every stored ancestor weighs each one equally.
     """
 
-    def __init__(self, *, mu: float = 10.0) -> None:
+    def __init__(self, *, mu: float = 10.0, same_label_positives: bool = False) -> None:
         super().__init__()
         self.mu = float(mu)
+        self.same_label_positives = bool(same_label_positives)
 
     def one(self, h: Tensor, g: Tensor, y: Tensor) -> Tensor:
+        if self.same_label_positives:  # supervised: same-label stored vectors are positives too
+            return gallery_label_nce(h, g, y, mu=self.mu)
         d = g.shape[1]
         z = F.normalize(h[:, :d], dim=1)  # (B, d_j)
         gn = F.normalize(g, dim=1)  # (B, d_j)
@@ -210,6 +213,27 @@ class AncestorNCE(nn.Module):
         return torch.stack([self.one(h, g, y) for g in ancestors]).mean()
 
 
+def gallery_label_nce(h: Tensor, g: Tensor, y: Tensor, *, mu: float) -> Tensor:
+    """Supervised contrastive loss of each new prefix against the batch's stored old vectors.
+
+    ``z = normalize(h[:, :d])``, ``g = normalize(G)``, logits ``mu z g^T`` (B, B); every stored
+    vector with the item's label is a positive (its own vector always is; an unlabelled item,
+    label -1, has only its own), every other one a negative:
+    ``-log sum_{j in pos(i)} exp(l_ij) + log sum_j exp(l_ij)``. This is the loss of label
+    retrieval of the new query in the old gallery, which is what M(new, old) measures: the
+    item's own old vector (the HOC term of :class:`AncestorNCE`) only reproduces the old
+    model's errors, and a class prototype pulls queries into regions where the old model mixes
+    classes (docs/trainer.md, "Whole-model training").
+    """
+    d = g.shape[1]
+    z = F.normalize(h[:, :d], dim=1)
+    gn = F.normalize(g, dim=1)
+    logits = mu * z @ gn.T
+    eye = torch.eye(len(y), dtype=torch.bool, device=h.device)
+    pos = ((y[:, None] == y[None, :]) & (y[:, None] >= 0)) | eye
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
+
+
 class SimplexLoss(nn.Module):
     """d-Simplex-HOC for a chain: ``lam CE_simplex(h, y) + (1 - lam) mean_j InfoNCE(h[:, :d_j], G_j)``.
 
@@ -217,16 +241,18 @@ class SimplexLoss(nn.Module):
     simplex CE is left. Optional ``w_proto`` adds, for each ancestor, a prototype CE (temperature
     ``proto_temperature``) of ``h[:, :d_j]`` against that ancestor's stored class means (BCT's
     influence loss on the old gallery); 0 (the default) leaves it out. Optional ``w_cos`` adds
-    ``mean_j (1 - cos(h[:, :d_j], G_j))``.
+    ``mean_j (1 - cos(h[:, :d_j], G_j))``. ``same_label_positives`` makes the ancestor InfoNCE
+    supervised (:func:`gallery_label_nce`).
     """
 
     def __init__(self, num_classes: int, *, lam: float = 0.1, mu: float = 10.0, scale: float = 10.0,
                  label_smoothing: float = 0.1, ancestor_prototypes: list[Tensor] | None = None,
-                 w_proto: float = 0.0, proto_temperature: float = 0.1, w_cos: float = 0.0) -> None:
+                 w_proto: float = 0.0, proto_temperature: float = 0.1, w_cos: float = 0.0,
+                 same_label_positives: bool = False) -> None:
         super().__init__()
         self.w_cos = float(w_cos)
         self.ce = SimplexCE(num_classes, scale=scale, label_smoothing=label_smoothing)
-        self.nce = AncestorNCE(mu=mu)
+        self.nce = AncestorNCE(mu=mu, same_label_positives=same_label_positives)
         self.lam, self.w_proto = float(lam), float(w_proto)
         protos = ancestor_prototypes or []
         self.protos = nn.ModuleList(

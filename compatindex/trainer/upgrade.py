@@ -96,13 +96,16 @@ def _resolved(cfg: TrainConfig) -> bool:
 
 
 def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
-               val: PairData | None = None) -> dict[str, Any]:
+               val: PairData | None = None,
+               starts: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Fit one method on ``data``; returns ``{"extension", "head", "dim", "raw_dim", "info"}``.
 
     Data-dependent fields of ``cfg`` (``ridge="cv"``, ``spectrum="auto"``,
     ``normalize_input=None``) are settled on ``data`` first (:func:`resolve_config`). ``val``
     (a selection split) lets torch heads keep their best state and fall back to their
-    closed-form start.
+    closed-form start. ``starts`` (``{"isometric": (fit, heldout), "procrustes": ...}``: closed
+    forms already fitted on ``data`` with ``cfg`` and scored on ``val`` by :func:`_evaluate`)
+    saves the ``oca`` head refitting and rescoring them (at 1280 dims, seconds each).
     """
     if not _resolved(cfg):
         cfg, _ = resolve_config(cfg, data, family=ridge_family(method))
@@ -134,9 +137,15 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
         out["info"] = {"dim": d_parent, "final_loss": hist}
         return out
     if method == "oca":
-        Q0, info0 = cf.fit_isometric(Hn, G, extra_dims=e, ridge=ridge, spectrum=cfg.spectrum)
-        start = "isometric"
-        if val is not None and len(val) and cfg.oca_head == "isometry":
+        if starts and "isometric" in starts and cfg.oca_head == "isometry":
+            # the better closed form already fitted on this split, by the selection score
+            start = max((m for m in ("isometric", "procrustes") if m in starts),
+                        key=lambda m: (_score(starts[m][1], cfg.gate_metric), m == "isometric"))
+            Q0, info0 = starts[start][0]["extension"], starts[start][0]["info"]
+        else:
+            Q0, info0 = cf.fit_isometric(Hn, G, extra_dims=e, ridge=ridge, spectrum=cfg.spectrum)
+            start = "isometric"
+        if not starts and val is not None and len(val) and cfg.oca_head == "isometry":
             # start from the better closed form on the selection split: keep-best then
             # guarantees the head never ends below it there
             Qp, infop = cf.fit_procrustes(Hn, G)
@@ -357,7 +366,9 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
 
     def run(m: str) -> None:
         t = time.perf_counter()
-        fit = fit_method(m, train, cfg_of(m), d_parent=d_parent, val=val)
+        starts = {c["method"]: (fits[c["method"]], c["heldout"]) for c in report["candidates"]
+                  if c["method"] in ("isometric", "procrustes") and cfg_of(c["method"]) == cfg_of(m)}
+        fit = fit_method(m, train, cfg_of(m), d_parent=d_parent, val=val, starts=starts or None)
         dt = time.perf_counter() - t
         fits[m] = fit
         report["candidates"].append({"method": m, "dim": fit["dim"], "fit_seconds": dt,

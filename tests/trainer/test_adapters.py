@@ -112,12 +112,45 @@ def test_head_falls_back_to_its_closed_form_start_when_training_only_hurts(synth
 def test_head_keeps_its_best_state_and_never_ends_below_the_start(synth):
     H, y, data, tr, va = _val_split(synth)
     Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
-    cfg = TrainConfig(steps=60, eval_every=10, quiet=True, max_seconds=None)
+    cfg = TrainConfig(steps=60, eval_every=10, quiet=True, max_seconds=None, patience=None)
     model, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, labels=y[tr],
                            prototypes=data.prototypes, init=Q0[:, : H.shape[1]],
                            val=(H[va], synth.G[va], y[va]))
     assert tuple(hist["val_best"]) >= tuple(hist["val_start"])
     assert hist["steps_run"] == 60 and not hist["stopped_early"]
+
+
+def test_head_stops_after_patience_scorings_without_a_gain(synth):
+    """An absurd learning rate never beats the start: with patience 2 the head stops at the second
+    scoring without a gain (step 20 of 1000), keeps the start, and says it stopped early."""
+    H, y, data, tr, va = _val_split(synth)
+    Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
+    cfg = TrainConfig(steps=1000, lr=5.0, eval_every=10, quiet=True, max_seconds=None, patience=2)
+    model, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, labels=y[tr],
+                           prototypes=data.prototypes, init=Q0[:, : H.shape[1]],
+                           val=(H[va], synth.G[va], y[va]))
+    assert hist["steps_run"] == 20 and hist["stopped_early"] and hist["best_step"] == 0
+    np.testing.assert_allclose(embed_numpy(model, H[va]), H[va] @ Q0[:, : H.shape[1]].T, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "3"])
+def test_patience_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="`patience`"):
+        TrainConfig(patience=bad)
+
+
+def test_retracted_head_trains_and_ends_orthonormal(synth):
+    """The retracted orthonormal weight (the large-dims implementation) is pulled back every few
+    steps and snapped at the end: the exported head is an isometry however many steps ran."""
+    H, y, data, tr, va = _val_split(synth)
+    Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
+    for steps in (7, 23):  # not multiples of the retraction period
+        cfg = TrainConfig(steps=steps, eval_every=5, quiet=True, max_seconds=None, orth_impl="retract")
+        model, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, labels=y[tr],
+                               prototypes=data.prototypes, init=Q0[:, : H.shape[1]], val=(H[va], synth.G[va], y[va]))
+        assert np.isfinite(hist["loss"])
+        Z = embed_numpy(model, H[va])
+        np.testing.assert_allclose(np.linalg.norm(Z, axis=1), np.linalg.norm(H[va], axis=1), rtol=1e-4)
 
 
 def test_head_has_no_orthogonal_layer_in_front_of_its_classifier():
@@ -131,7 +164,7 @@ def test_head_has_no_orthogonal_layer_in_front_of_its_classifier():
 def test_head_training_stops_at_its_time_budget(synth):
     H, y, data, tr, va = _val_split(synth)
     Q0, info = fit_isometric(H[tr], synth.G[tr], extra_dims=8)
-    cfg = TrainConfig(steps=1_000_000, quiet=True, max_seconds=1.0)
+    cfg = TrainConfig(steps=1_000_000, quiet=True, max_seconds=1.0, patience=None)
     _, hist = fit_head("isometry", H[tr], synth.G[tr], d_v=info["dim"], cfg=cfg, init=Q0[:, : H.shape[1]],
                        val=(H[va], synth.G[va], None))
     assert hist["stopped_early"] and hist["steps_run"] < 1_000_000

@@ -105,6 +105,24 @@ def test_fit_method_versions_preserve_raw_cosines(synth, method):
     np.testing.assert_allclose(Z @ Z.T, Hn @ Hn.T, atol=1e-5)
 
 
+def test_oca_head_starts_from_the_given_closed_form_fits(synth):
+    """``starts`` (closed forms already fitted and scored by upgrade) are reused, not refitted:
+    the head starts from the better-scored one, and with no training it returns that start."""
+    data = pairs_from_arrays(synth.H, synth.G)
+    val = data.subset(np.arange(1000, len(data)))
+    train = data.subset(np.arange(1000))
+    cfg = TrainConfig(method="oca", extra_dims=8, ridge=1e-3, spectrum="scale", normalize_input=True, steps=0)
+    iso = fit_method("isometric", train, cfg, d_parent=16)
+    pro = fit_method("procrustes", train, cfg, d_parent=16)
+    good, bad = {"pairs": {"mrr": 0.9, "recall@10": 1.0}}, {"pairs": {"mrr": 0.1, "recall@10": 0.2}}
+    for scores, want in (((good, bad), "isometric"), ((bad, good), "procrustes")):
+        fit = fit_method("oca", train, cfg, d_parent=16, val=val,
+                         starts={"isometric": (iso, scores[0]), "procrustes": (pro, scores[1])})
+        assert fit["info"]["start"] == want
+        ref = iso if want == "isometric" else pro
+        np.testing.assert_allclose(to_space(fit, synth.H[:50]), to_space(ref, synth.H[:50]), atol=1e-5)
+
+
 # --- inputs are checked before LAPACK sees them; decompositions are scipy.linalg's ----------------
 
 _FITS = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from compatindex.trainer.losses import BCTLoss, OCALoss, PairAlignLoss, PrototypeCE
+from compatindex.trainer.losses import AncestorNCE, BCTLoss, OCALoss, PairAlignLoss, PrototypeCE, gallery_label_nce
 
 
 def _ce_ls(logits: list[float], target: int, eps: float) -> float:
@@ -112,3 +112,39 @@ def test_prototype_ce_temperature_divides_the_logits():
     got = PrototypeCE(P, label_smoothing=0.0, temperature=0.1).double()(h, y)
     want = F.cross_entropy(F.normalize(h, dim=1) @ P.T / 0.1, y)
     assert float(got) == pytest.approx(float(want), rel=1e-12)
+
+
+def _gallery_label_nce_loop(h, g, y, mu):
+    """The supervised contrastive loss written out: -log(sum_pos e^l / sum_all e^l), mean over rows."""
+    B, d = len(y), g.shape[1]
+    z = [_norm(h[i, :d].tolist()) for i in range(B)]
+    gn = [_norm(g[j].tolist()) for j in range(B)]
+    tot = 0.0
+    for i in range(B):
+        logits = [mu * _dot(z[i], gn[j]) for j in range(B)]
+        pos = [j for j in range(B) if j == i or (y[i] >= 0 and y[j] == y[i])]
+        tot += -math.log(sum(math.exp(logits[j]) for j in pos) / sum(math.exp(v) for v in logits))
+    return tot / B
+
+
+def test_gallery_label_nce_matches_loop():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    G = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 2, -1, 1, -1, 0, 2])
+    got = float(gallery_label_nce(h, G, y, mu=5.0))
+    assert got == pytest.approx(_gallery_label_nce_loop(h, G, y.tolist(), 5.0), rel=1e-10)
+    # the AncestorNCE switch computes the same loss
+    assert float(AncestorNCE(mu=5.0, same_label_positives=True).one(h, G, y)) == pytest.approx(got, rel=1e-12)
+
+
+def test_gallery_label_nce_with_distinct_labels_is_plain_infonce():
+    """No two items share a label: the only positive is the own vector, as in InfoNCE."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    G = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    logits = 7.0 * torch.nn.functional.normalize(h, dim=1) @ torch.nn.functional.normalize(G, dim=1).T
+    ref = float(torch.nn.functional.cross_entropy(logits, torch.arange(6)))
+    assert float(gallery_label_nce(h, G, torch.arange(6), mu=7.0)) == pytest.approx(ref, rel=1e-12)
+    assert float(gallery_label_nce(h, G, torch.full((6,), -1), mu=7.0)) == pytest.approx(ref, rel=1e-12)
+
