@@ -34,7 +34,7 @@ from .common import (RESULTS, Timer, cmc_from_hits, command_line, fmt, label_map
 from .fmnist import D_OLD, DELTA, _digest, fresh_index, gallery_prototypes, load_data, setup, train_model
 
 
-ALL_RECIPES = ("oca", "oca+pairs", "simplex", "simplex+gallery", "simplex+labels")
+ALL_RECIPES = ("oca", "oca+pairs", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels")
 """``oca``: ``compatindex.trainer.train_backbone`` (prototypes only); ``oca+pairs``: the
 benchmark-local recipe with a per-item pair term (bench/pairs_backbone.py); ``simplex``:
 ``train_backbone(method="simplex")`` against every stored ancestor, on the images of the classes
@@ -44,7 +44,7 @@ gallery's images of the other classes (label -1: no class term; a different prot
 supervised: the stored ancestor vectors of same-label images are positives too), the
 class-incremental protocol of ``simplex``."""
 
-RECIPES = ("oca", "simplex", "simplex+gallery", "simplex+labels")
+RECIPES = ("oca", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels")
 """The recipes a run measures (``oca+pairs`` is left out of the default run for time)."""
 
 CLASSES = (3, 5, 7, 10)
@@ -60,7 +60,8 @@ version fine-tunes its parent), a light ``1 - cos`` pin to each ancestor and a s
 (temperature 0.05); on a 20k-image, 3-epoch subset this beat the trainer's iamcl2r defaults
 (lr 1e-3, mu 10, no pin), which broke every top-1 pair of the chain."""
 
-SIMPLEX_RECIPE_CFG: dict[str, dict[str, Any]] = {"simplex+labels": {"pair_negatives": "same_labels"}}
+SIMPLEX_RECIPE_CFG: dict[str, dict[str, Any]] = {"simplex+labels": {"pair_negatives": "same_labels"},
+                                                 "simplex+gallery+labels": {"pair_negatives": "same_labels"}}
 """Options a simplex recipe adds to :data:`SIMPLEX_CFG` for v2 onwards (v1 is shared)."""
 
 N_MAP_QUERIES = 2000
@@ -89,7 +90,7 @@ def _chain(recipe: str, s: Any, data: dict[str, np.ndarray], plan: list[tuple], 
             par = f"chain-simplex-{parent}" if i == 1 else f"chain-{recipe}-{parent}"
             m = train_model(f"chain-{recipe}-{name}", s, data, method="simplex", classes=classes, num_classes=10,
                             d_out=d, epochs=ep, group="chain", ancestors=anc, lineage=_digest(*anc),
-                            init_from=par if SIMPLEX_FINETUNE else None, unlabelled=recipe == "simplex+gallery",
+                            init_from=par if SIMPLEX_FINETUNE else None, unlabelled="+gallery" in recipe,
                             **SIMPLEX_CFG, **SIMPLEX_RECIPE_CFG.get(recipe, {}))
         else:
             P = gallery_prototypes(index, parent, 10)  # from the stored parent vectors
@@ -208,6 +209,9 @@ RECIPE_TEXT = {
     "simplex+gallery": "`simplex+gallery` (the same, with the pair terms also over the stored gallery's images of "
                        "the classes a version is not given, unlabelled: the new model sees those images, not "
                        "their labels; a different protocol from the class-incremental one)",
+    "simplex+gallery+labels": "`simplex+gallery+labels` (`simplex+gallery` with the supervised ancestor InfoNCE of "
+                              "`simplex+labels`; the unlabelled images have only their own stored vectors as "
+                              "positives)",
     "simplex+labels": "`simplex+labels` (`simplex` with `pair_negatives=\"same_labels\"`: the ancestor InfoNCE is "
                       "supervised, the stored ancestor vectors of every same-label image in the batch are "
                       "positives, so a version learns label retrieval in each older gallery rather than its own "

@@ -64,7 +64,7 @@ def similarity(queries: np.ndarray, gallery: np.ndarray, *, score: str = "renorm
     return q @ g.T
 
 
-def _gallery_prefix(gallery: np.ndarray, d_q: int, score: str) -> np.ndarray:
+def gallery_prefix(gallery: np.ndarray, d_q: int, score: str) -> np.ndarray:
     """The gallery as :func:`similarity` compares it (float32, shared prefix, unit rows under
     ``renorm``), made once per call instead of once per chunk of queries (at 1280 dims and
     10^5 rows normalizing the gallery costs more than a chunk's product)."""
@@ -75,8 +75,8 @@ def _gallery_prefix(gallery: np.ndarray, d_q: int, score: str) -> np.ndarray:
     return _unit(g) if score == "renorm" else g
 
 
-def _prepared_similarity(queries: np.ndarray, prepared: np.ndarray, score: str) -> np.ndarray:
-    """:func:`similarity` against a gallery from :func:`_gallery_prefix` (same values)."""
+def prefix_similarity(queries: np.ndarray, prepared: np.ndarray, score: str) -> np.ndarray:
+    """:func:`similarity` against a gallery from :func:`gallery_prefix` (same values)."""
     q = np.asarray(queries, dtype=np.float32)[:, :prepared.shape[1]]
     return (_unit(q) if score == "renorm" else q) @ prepared.T
 
@@ -112,9 +112,9 @@ def cmc_map(queries: np.ndarray, gallery: np.ndarray, q_labels: npt.ArrayLike, g
     ks = sorted(set(int(k) for k in topk))
     hits = {k: 0 for k in ks}
     ap_sum, n_valid = 0.0, 0
-    gp = _gallery_prefix(gallery, np.shape(queries)[1], score)
+    gp = gallery_prefix(gallery, np.shape(queries)[1], score)
     for sl in _chunks(len(ql)):
-        S = _prepared_similarity(queries[sl], gp, score)
+        S = prefix_similarity(queries[sl], gp, score)
         rel = ql[sl, None] == gl[None, :]
         if leave_one_out:
             rows = np.arange(sl.start, sl.stop)
@@ -217,9 +217,9 @@ def pair_alignment(queries: np.ndarray, gallery: np.ndarray, targets: Sequence[i
     t = np.arange(n) if targets is None else np.asarray(targets, dtype=np.int64)
     ranks = np.empty(n, dtype=np.int64)
     cos = np.empty(n, dtype=np.float64)
-    gp = _gallery_prefix(gallery, q.shape[1], score)
+    gp = gallery_prefix(gallery, q.shape[1], score)
     for sl in _chunks(n):
-        S = _prepared_similarity(q[sl], gp, score)
+        S = prefix_similarity(q[sl], gp, score)
         own = S[np.arange(S.shape[0]), t[sl]]
         ranks[sl] = 1 + (S > own[:, None]).sum(1)
         # cosine with the own vector: row-wise, not a (chunk, chunk) product for its diagonal
@@ -291,10 +291,10 @@ def label_retrieval(queries: np.ndarray, own: np.ndarray, labels: npt.ArrayLike,
     top1 = np.full(n, np.nan)
     top5 = np.full(n, np.nan)
     ap = np.full(n, np.nan)
-    gp = _gallery_prefix(gal, np.shape(queries)[1], score)
+    gp = gallery_prefix(gal, np.shape(queries)[1], score)
     for sl in _chunks(n):
         rows = np.arange(sl.start, sl.stop)
-        S = _prepared_similarity(queries[sl], gp, score)
+        S = prefix_similarity(queries[sl], gp, score)
         S[rows - sl.start, rows] = -np.inf
         rel = (gl[None, :] == y[sl, None]) & (y[sl, None] >= 0)
         rel[rows - sl.start, rows] = False

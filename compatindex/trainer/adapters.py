@@ -85,7 +85,7 @@ RETRACT_EVERY = 5
 costs two (d x d) products, more than a batch's forward and backward at 1280 dims; a few Adam
 steps at the isometry head's scaled rate leave ``W^T W`` within about 1e-3 of the identity,
 where one Newton-Schulz step still brings it back (it converges quadratically), so retracting
-every step doubled the head's cost for nothing (measured: docs/benchmarks.md, §5)."""
+every step doubled the head's cost (the `auto` timing of docs/benchmarks.md, §5)."""
 
 
 def retract_all(model: nn.Module) -> None:

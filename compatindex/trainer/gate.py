@@ -122,10 +122,10 @@ def gallery_ranks(Z: np.ndarray, gallery: np.ndarray, *, labels: np.ndarray | No
     """
     n = len(Z)
     ranks = np.empty(n, dtype=np.int64)
-    gp = ev._gallery_prefix(gallery, Z.shape[1], score)
+    gp = ev.gallery_prefix(gallery, Z.shape[1], score)
     for start in range(0, n, 256):
         sl = slice(start, min(n, start + 256))
-        S = ev._prepared_similarity(Z[sl], gp, score)
+        S = ev.prefix_similarity(Z[sl], gp, score)
         rows = np.arange(S.shape[0])
         own = S[rows, rows + start]
         beats = S > own[:, None]

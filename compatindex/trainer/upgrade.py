@@ -404,9 +404,20 @@ def _fit_upgrade(data: PairData, *, d_parent: int, cfg: TrainConfig, config: Tra
         report["selection"]["other_families"] = {f: {"ridge": c.ridge, "spectrum": c.spectrum}
                                                  for f, (c, _) in resolved.items() if f != fam}
     fit_train = train
-    if chosen in CLOSED_FORMS:  # refit on everything the gate does not see
+    info = fits[chosen].get("info", {})
+    # a torch head that never beat its closed-form start returns that start: it then is the
+    # closed form, and is refit like one (else it would serve a start fit on fewer pairs than
+    # the closed-form version itself, and land below it)
+    kept = chosen not in CLOSED_FORMS and info.get("start") in CLOSED_FORMS \
+        and (info.get("final_loss") or {}).get("best_step") == 0
+    if chosen in CLOSED_FORMS or kept:  # refit on everything the gate does not see
         fit_train = _merge(train, val)
-        fits[chosen] = fit_method(chosen, fit_train, cfg, d_parent=d_parent)
+        refit = fit_method(chosen if chosen in CLOSED_FORMS else info["start"], fit_train, cfg, d_parent=d_parent)
+        if kept:
+            refit["info"] = {**refit["info"], "head": info.get("head"), "start": info["start"], "start_kept": True,
+                             "labels": info.get("labels"), "final_loss": info.get("final_loss")}
+            report["start_kept"] = info["start"]
+        fits[chosen] = refit
     fit = fits[chosen]
     report["gate"] = _gate(fit, chosen, fit_train, test, cfg, d_parent=d_parent, gallery=data.gallery,
                            version=name, parent=parent, gallery_labels=data.gallery_labels, controls=controls)

@@ -61,15 +61,15 @@ def _run_reduced(tmp_path, monkeypatch) -> None:
     out = json.loads((tmp_path / "results" / "fmnist-quick.json").read_text())
     assert (tmp_path / "results" / "fmnist-quick.md").exists()
     assert (tmp_path / "results" / "fmnist-quick.png").exists()
-    assert set(out["methods"]) == {"independent", "bct", "oca", "oca+pairs", "oca+pairs-hoc", "oca-e12",
+    assert set(out["methods"]) == {"independent", "bct", "oca", "oca+pairs", "oca+pairs-hoc", "oca+gallery", "oca-e12",
                                    "posthoc-isometric", "posthoc-oca", "posthoc-procrustes"}
-    assert set(out["goals"]["issue12_targets"]) == {"oca", "oca-e12", "oca+pairs", "oca+pairs-hoc", "bct"}
+    assert set(out["goals"]["issue12_targets"]) == {"oca", "oca-e12", "oca+pairs", "oca+pairs-hoc", "oca+gallery", "bct"}
     oo = r["old_old"]
     assert oo["top1"] > 0.5  # the old model retrieves its own gallery
     m = out["methods"]
     # an independently trained model is not compatible; compatible training and the heads are
     assert m["independent"]["new_old"]["top1"] < 0.4
-    for name in ("bct", "oca", "posthoc-isometric", "posthoc-procrustes"):
+    for name in ("bct", "oca", "oca+gallery", "posthoc-isometric", "posthoc-procrustes"):
         assert m[name]["new_old"]["top1"] > m["independent"]["new_old"]["top1"] + 0.2, name
     # isometric heads keep the new model's new/new exactly (same neighbours as the raw model)
     assert m["posthoc-isometric"]["new_new"]["top1"] == pytest.approx(m["independent"]["new_new"]["top1"], abs=0.01)

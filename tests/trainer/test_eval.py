@@ -68,3 +68,15 @@ def test_compatibility_matrix_shape_and_diagonal():
     assert M[0, 0] == pytest.approx(ev.cmc_map(f1, f1, y, y, leave_one_out=True)["top1"])
     correct = ev.top1_correct(f1, f1, y, y, leave_one_out=True)
     assert correct.mean() == pytest.approx(M[0, 0])
+
+
+@pytest.mark.parametrize("score", ["renorm", "pad"])
+@pytest.mark.parametrize("dq,dg", [(6, 6), (4, 9), (9, 4)])
+def test_prepared_gallery_gives_the_same_similarities(score, dq, dg):
+    """The loops normalize the gallery once (``gallery_prefix``); the values are ``similarity``'s."""
+    rng = np.random.default_rng(dq * 10 + dg)
+    q, g = rng.normal(size=(7, dq)), rng.normal(size=(11, dg))
+    got = ev.prefix_similarity(q, ev.gallery_prefix(g, dq, score), score)
+    np.testing.assert_allclose(got, ev.similarity(q, g, score=score), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="score"):
+        ev.gallery_prefix(g, dq, "cosine")

@@ -148,3 +148,20 @@ def test_gallery_label_nce_with_distinct_labels_is_plain_infonce():
     assert float(gallery_label_nce(h, G, torch.arange(6), mu=7.0)) == pytest.approx(ref, rel=1e-12)
     assert float(gallery_label_nce(h, G, torch.full((6,), -1), mu=7.0)) == pytest.approx(ref, rel=1e-12)
 
+
+
+def test_simplex_loss_with_same_label_positives_uses_the_supervised_ancestor_term():
+    """``pair_negatives="same_labels"`` reaches simplex's ancestor InfoNCE: per ancestor the
+    supervised loss of :func:`gallery_label_nce`, averaged over ancestors."""
+    from compatindex.trainer.losses import SimplexLoss
+
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(8, 12, generator=g, dtype=torch.float64)
+    anc = [torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 9, generator=g, dtype=torch.float64)]
+    y = torch.tensor([0, 1, 0, 2, 1, 3, 0, 2])
+    sup = SimplexLoss(4, same_label_positives=True).double()
+    _, parts = sup(h, anc, y)
+    ref = sum(float(gallery_label_nce(h, a, y, mu=10.0)) for a in anc) / 2
+    assert parts["ancestor_nce"] == pytest.approx(ref, rel=1e-9)
+    _, plain = SimplexLoss(4).double()(h, anc, y)
+    assert plain["ancestor_nce"] != pytest.approx(ref, rel=1e-3)  # the HOC term is another loss

@@ -238,3 +238,20 @@ def test_upgrade_without_serving_stores_no_fusion(data):
         ids = _fill(ix, data)
         v, rep = upgrade(ix, data.H[:1000], ids[:1000], name="v2", steps=40, serving=False)
         assert v is not None and "serving" not in rep and not (v.serving or {}).get("fusion")
+
+
+def test_oca_head_that_keeps_its_start_registers_the_closed_form_refit(data):
+    """A head that never beats its closed-form start (no steps) is that start: it is refit on the
+    training and selection splits like the closed-form version, so it maps raw vectors exactly
+    as `upgrade(method=start)` does and never serves below it."""
+    with compatindex.open(":memory:") as a, compatindex.open(":memory:") as b:
+        ids = _fill(a, data)
+        _fill(b, data)
+        v, rep = upgrade(a, data.H[:1000], ids[:1000], method="oca", name="v2", steps=0, serving=False)
+        assert v is not None and rep["chosen"] == "oca", rep["gate"]["reasons"]
+        start = rep["start_kept"]
+        assert start in ("isometric", "procrustes")
+        w, _ = upgrade(b, data.H[:1000], ids[:1000], method=start, name="v2", serving=False)
+        assert w is not None
+        np.testing.assert_allclose(a.to_version_space(data.H[1000:1100], version="v2"),
+                                   b.to_version_space(data.H[1000:1100], version="v2"), atol=1e-6)
