@@ -222,9 +222,9 @@ def pair_alignment(queries: np.ndarray, gallery: np.ndarray, targets: Sequence[i
         S = prefix_similarity(q[sl], gp, score)
         own = S[np.arange(S.shape[0]), t[sl]]
         ranks[sl] = 1 + (S > own[:, None]).sum(1)
-        # cosine with the own vector: row-wise, not a (chunk, chunk) product for its diagonal
-        qa = _unit(q[sl, :gp.shape[1]])
-        cos[sl] = np.einsum("ij,ij->i", qa, _unit(np.asarray(gallery, np.float32)[t[sl], :gp.shape[1]]))
+        # cosine with the own vector: row-wise, not a (chunk, chunk) product for its diagonal, and
+        # from the prepared prefix rows (not the whole gallery converted again for every chunk)
+        cos[sl] = np.einsum("ij,ij->i", _unit(q[sl, :gp.shape[1]]), _unit(gp[t[sl]]))
     out = {f"recall@{k}": float(np.mean(ranks <= k)) for k in ks}
     out["mrr"] = float(np.mean(1.0 / ranks))
     out["median_rank"] = float(np.median(ranks))

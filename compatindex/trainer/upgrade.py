@@ -137,22 +137,17 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
         out["info"] = {"dim": d_parent, "final_loss": hist}
         return out
     if method == "oca":
-        if starts and "isometric" in starts and cfg.oca_head == "isometry":
-            # the better closed form already fitted on this split, by the selection score
-            start = max((m for m in ("isometric", "procrustes") if m in starts),
-                        key=lambda m: (_score(starts[m][1], cfg.gate_metric), m == "isometric"))
-            Q0, info0 = starts[start][0]["extension"], starts[start][0]["info"]
-        else:
-            Q0, info0 = cf.fit_isometric(Hn, G, extra_dims=e, ridge=ridge, spectrum=cfg.spectrum)
-            start = "isometric"
-        if not starts and val is not None and len(val) and cfg.oca_head == "isometry":
-            # start from the better closed form on the selection split: keep-best then
-            # guarantees the head never ends below it there
-            Qp, infop = cf.fit_procrustes(Hn, G)
-            iso = {"extension": Q0, "head": pre, "dim": info0["dim"], "raw_dim": d_h}
-            pro = {"extension": Qp, "head": pre, "dim": infop["dim"], "raw_dim": d_h}
-            if _score(_evaluate(pro, val, None), cfg.gate_metric) > _score(_evaluate(iso, val, None), cfg.gate_metric):
-                Q0, info0, start = Qp, infop, "procrustes"
+        # start from the better closed form on the selection split (keep-best then guarantees the
+        # head never ends below it there): the ones upgrade already fitted and scored, else fitted here
+        need = ["isometric"] + (["procrustes"] if val is not None and len(val) and cfg.oca_head == "isometry" else [])
+        starts = dict(starts or {})
+        for m in need:
+            if m not in starts:
+                f = fit_method(m, data, cfg, d_parent=d_parent)
+                starts[m] = (f, _evaluate(f, val, None) if len(need) > 1 and val is not None else {})
+        start = max(need, key=lambda m: (_score(starts[m][1], cfg.gate_metric), m == "isometric")) \
+            if len(need) > 1 else "isometric"
+        Q0, info0 = starts[start][0]["extension"], starts[start][0]["info"]
         d_v = info0["dim"]
         M0 = Q0[:, :d_h].astype(np.float64)
         init: Any = M0 if cfg.oca_head == "isometry" else (M0, None)
