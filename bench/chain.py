@@ -34,7 +34,8 @@ from .common import (RESULTS, Timer, cmc_from_hits, command_line, fmt, label_map
 from .fmnist import D_OLD, DELTA, _digest, fresh_index, gallery_prototypes, load_data, setup, train_model
 
 
-ALL_RECIPES = ("oca", "oca+pairs", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels")
+ALL_RECIPES = ("oca", "oca+pairs", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels",
+               "simplex+gallery+ranking")
 """``oca``: ``compatindex.trainer.train_backbone`` (prototypes only); ``oca+pairs``: the
 benchmark-local recipe with a per-item pair term (bench/pairs_backbone.py); ``simplex``:
 ``train_backbone(method="simplex")`` against every stored ancestor, on the images of the classes
@@ -42,9 +43,11 @@ each version is given; ``simplex+gallery``: the same, with the pair terms also o
 gallery's images of the other classes (label -1: no class term; a different protocol);
 ``simplex+labels``: ``simplex`` with ``pair_negatives="same_labels"`` (the ancestor InfoNCE is
 supervised: the stored ancestor vectors of same-label images are positives too), the
-class-incremental protocol of ``simplex``."""
+class-incremental protocol of ``simplex``; ``simplex+gallery+labels`` both; ``simplex+gallery+ranking``
+the last with ``unlabelled_targets="old_ranking"`` (an unlabelled image learns the ancestor's own
+ranking of the batch, :func:`compatindex.trainer.losses.old_ranking_targets`)."""
 
-RECIPES = ("oca", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels")
+RECIPES = ("oca", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels", "simplex+gallery+ranking")
 """The recipes a run measures (``oca+pairs`` is left out of the default run for time)."""
 
 CLASSES = (3, 5, 7, 10)
@@ -61,8 +64,10 @@ version fine-tunes its parent), a light ``1 - cos`` pin to each ancestor and a s
 (lr 1e-3, mu 10, no pin), which broke every top-1 pair of the chain."""
 
 SIMPLEX_RECIPE_CFG: dict[str, dict[str, Any]] = {"simplex+labels": {"pair_negatives": "same_labels"},
-                                                 "simplex+gallery+labels": {"pair_negatives": "same_labels"}}
-"""Options a simplex recipe adds to :data:`SIMPLEX_CFG` for v2 onwards (v1 is shared)."""
+                                                 "simplex+gallery+labels": {"pair_negatives": "same_labels"},
+                                                 "simplex+gallery+ranking": {"pair_negatives": "same_labels",
+                                                                             "unlabelled_targets": "old_ranking"}}
+"""Options a simplex recipe adds to (or overrides in) :data:`SIMPLEX_CFG` for v2 onwards (v1 is shared)."""
 
 N_MAP_QUERIES = 2000
 """Queries (a seeded subset) over which each cell's mAP is computed (full-ranking mAP against
@@ -91,7 +96,7 @@ def _chain(recipe: str, s: Any, data: dict[str, np.ndarray], plan: list[tuple], 
             m = train_model(f"chain-{recipe}-{name}", s, data, method="simplex", classes=classes, num_classes=10,
                             d_out=d, epochs=ep, group="chain", ancestors=anc, lineage=_digest(*anc),
                             init_from=par if SIMPLEX_FINETUNE else None, unlabelled="+gallery" in recipe,
-                            **SIMPLEX_CFG, **SIMPLEX_RECIPE_CFG.get(recipe, {}))
+                            **{**SIMPLEX_CFG, **SIMPLEX_RECIPE_CFG.get(recipe, {})})
         else:
             P = gallery_prototypes(index, parent, 10)  # from the stored parent vectors
             pv = index.get_vectors(ids, version=parent)
@@ -212,6 +217,11 @@ RECIPE_TEXT = {
     "simplex+gallery+labels": "`simplex+gallery+labels` (`simplex+gallery` with the supervised ancestor InfoNCE of "
                               "`simplex+labels`; the unlabelled images have only their own stored vectors as "
                               "positives)",
+    "simplex+gallery+ranking": "`simplex+gallery+ranking` (`simplex+gallery+labels` with "
+                               "`unlabelled_targets=\"old_ranking\"`: an unlabelled image's target in the ancestor "
+                               "InfoNCE is the ancestor model's own ranking of the batch, not its own stored vector "
+                               "alone, so the classes a version has no labels for keep the ancestor's "
+                               "neighbourhoods)",
     "simplex+labels": "`simplex+labels` (`simplex` with `pair_negatives=\"same_labels\"`: the ancestor InfoNCE is "
                       "supervised, the stored ancestor vectors of every same-label image in the batch are "
                       "positives, so a version learns label retrieval in each older gallery rather than its own "

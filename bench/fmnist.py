@@ -111,6 +111,15 @@ def make_cnn(d_out: int, seed: int = 0):
     )
 
 
+NEUTRAL_DEFAULTS: dict[str, Any] = {"unlabelled_targets": "own"}
+"""Trainer options added after models were cached whose default trains exactly as before the
+option existed: left out of the cache key at that default, so adding them retrains nothing."""
+
+
+def _neutral(key: str, value: Any) -> bool:
+    return key in NEUTRAL_DEFAULTS and NEUTRAL_DEFAULTS[key] == value
+
+
 def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str, classes: int, d_out: int,
                 d_parent: int = 0, prototypes: np.ndarray | None = None, epochs: int | None = None,
                 group: str = "fmnist", pair_targets: np.ndarray | None = None, num_classes: int | None = None,
@@ -149,7 +158,8 @@ def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str
                          seed=s.seed, device="cpu", quiet=True, **cfg_kw)
     fingerprint = {"setup": [s.n_gallery, s.n_query, s.n_train, s.epochs_old, s.epochs_new, s.batch_size, s.seed],
                    "method": method, "classes": classes, "d_out": d_out, "d_parent": d_parent,
-                   "epochs": epochs, "pairs": pair_targets is not None, "cfg": sorted(cfg_kw.items()),
+                   "epochs": epochs, "pairs": pair_targets is not None,
+                   "cfg": sorted((k, v) for k, v in cfg_kw.items() if not _neutral(k, v)),
                    "recipe": RECIPE_VERSION.get(method), "lineage": lineage,
                    "ancestors": [int(a.shape[1]) for a in ancestors or []], "init_from": init_from,
                    "unlabelled": unlabelled, "old_vectors": None if old_vectors is None else _digest(old_vectors),
@@ -157,7 +167,8 @@ def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str
                    # old model retrains its children, even when another scenario rewrote it
                    "inputs": _digest(*[np.nan_to_num(np.asarray(a, np.float32)) for a in
                                        [prototypes, pair_targets, *(ancestors or [])] if a is not None]),
-                   "trainer_config": {k: v for k, v in cfg.to_dict().items() if k not in ("quiet", "device")}}
+                   "trainer_config": {k: v for k, v in cfg.to_dict().items()
+                                      if k not in ("quiet", "device") and not _neutral(k, v)}}
     weights = folder / f"{name}.pt"
     if cache.exists() and meta_p.exists() and weights.exists():
         meta = json.loads(meta_p.read_text())

@@ -238,7 +238,11 @@ def main() -> Path:
                 summary.append(["Text, 10% of the gallery re-embedded + WordNet pairs: best new/old R@10 >= 90% of e5 "
                                 "re-embed", f"{'met' if gi['met'] else 'missed'} (best {gi['best_method']}: "
                                 f"{100 * gi['share_of_e5']:.1f}%; trainer default {100 * gi['trainer_default_share_of_e5']:.1f}%; "
-                                f"WordNet alone {100 * gi['wordnet_alone_best_share_of_e5']:.1f}%)"])
+                                + (f"with the same articles' sentences, best {gi['with_sentences']['best_method']}: "
+                                   f"{100 * gi['with_sentences']['share_of_e5']:.1f}%, trainer default "
+                                   f"{100 * gi['with_sentences']['trainer_default_share_of_e5']:.1f}%; "
+                                   if gi.get("with_sentences") else "")
+                                + f"WordNet alone {100 * gi['wordnet_alone_best_share_of_e5']:.1f}%)"])
             sv = r.get("serving")
             if sv:
                 for vset, v in sv["versions"].items():
@@ -269,6 +273,11 @@ def main() -> Path:
                     f"(WordNet alone) to {100 * gi['best_new_old_recall@10']:.1f}, short of 90% of the e5 re-embed "
                     f"({ps[gi['pair_set']]['n_in_domain']} leads next to {ps['wordnet']['n_pairs']:,} WordNet "
                     "pairs)"
+                    + (f"; embedding every sentence of the same articles with both models too "
+                       f"({ps[gi['with_sentences']['pair_set']]['n_sentences']} sentences) reaches "
+                       f"{100 * gi['with_sentences']['best_new_old_recall@10']:.1f} "
+                       f"({100 * gi['with_sentences']['share_of_e5']:.1f}% of the e5 re-embed, "
+                       f"{gi['with_sentences']['best_method']})" if gi.get("with_sentences") else "")
                     + (f"; with half the gallery re-embedded the best reaches {100 * ind['extended']['best']['share_of_e5']:.1f}% "
                        f"({ind['extended']['best']['pair_set']}, {ind['extended']['best']['method']})"
                        if ind.get("extended") else "")

@@ -148,7 +148,7 @@ def run(quick: bool = False, n_pairs: int | None = None) -> dict[str, Any]:
     from . import text_indomain
 
     ctx = {"G_lead": G_lead, "P_new": P_new, "Q_new": Q_new, "Q_old": Q_old, "W_new": W_new, "W_old": W_old,
-           "rel": rel, **text_indomain.setup_queries(n_art, rel)}
+           "rel": rel, "paras": [bbc["paras"][i] for i in perm], **text_indomain.setup_queries(n_art, rel)}
     res["indomain"] = text_indomain.indomain(ctx, quick=quick)
     res["serving"] = text_indomain.serving(ctx, quick=quick)
     res["seconds"] = T()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -34,9 +35,10 @@ def bbc_root() -> Path:
 
 
 def load_bbc() -> dict[str, list]:
-    """Headlines, lead paragraphs and topics of the 2,225 BBC articles (sorted file order)."""
+    """Headlines, lead paragraphs, topics and every paragraph (headline first) of the 2,225 BBC
+    articles (sorted file order)."""
     root = bbc_root()
-    heads, leads, topics = [], [], []
+    heads, leads, topics, bodies = [], [], [], []
     for topic in sorted(os.listdir(root)):
         d = root / topic
         if not d.is_dir():
@@ -49,7 +51,20 @@ def load_bbc() -> dict[str, list]:
             heads.append(paras[0])
             leads.append(paras[1])
             topics.append(topic)
-    return {"heads": heads, "leads": leads, "topics": topics}
+            bodies.append(paras)
+    return {"heads": heads, "leads": leads, "topics": topics, "paras": bodies}
+
+
+def article_sentences(paras: list[list[str]], articles: np.ndarray, *, min_chars: int = 20) -> tuple[list[str], np.ndarray]:
+    """The distinct sentences (more than ``min_chars`` characters) of the given articles, headline
+    and every paragraph, with the first article each came from: ``(texts, owner)``, owner (n,)."""
+    texts: dict[str, int] = {}
+    for a in np.asarray(articles).tolist():
+        for p in paras[a]:
+            for snt in re.split(r"(?<=[.!?])\s+", p):
+                if len(snt) > min_chars:
+                    texts.setdefault(snt, int(a))
+    return list(texts), np.array(list(texts.values()), dtype=np.int64)
 
 
 def relevant_sets(heads: list[str], leads: list[str]) -> list[set[int]]:

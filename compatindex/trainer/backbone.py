@@ -298,7 +298,8 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                               label_smoothing=cfg.label_smoothing, ancestor_prototypes=aps,
                               w_proto=cfg.w_ancestor_proto,
                               proto_temperature=cfg.ancestor_proto_temperature,
-                              same_label_positives=cfg.pair_negatives == "same_labels").to(device)
+                              same_label_positives=cfg.pair_negatives == "same_labels",
+                              unlabelled_targets=cfg.unlabelled_targets).to(device)
     elif ancestor_vectors:
         raise InvalidInputError("`ancestor_vectors` is for method 'simplex'")
     pair_fn: PairAlignLoss | None = None
@@ -309,7 +310,8 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
         if Gt.ndim != 2 or len(Gt) != n or (cfg.d_parent and Gt.shape[1] != cfg.d_parent):
             raise InvalidInputError(f"`old_vectors` must be ({n}, {cfg.d_parent or 'd_parent'}); got {tuple(Gt.shape)}")
         pair_fn = PairAlignLoss(Gt.shape[1], w_cos=cfg.w_pair, w_nce=cfg.w_nce, tau=cfg.temperature).to(device)
-        label_nce = AncestorNCE(mu=1.0 / cfg.temperature, same_label_positives=cfg.pair_negatives == "same_labels") \
+        label_nce = AncestorNCE(mu=1.0 / cfg.temperature, same_label_positives=cfg.pair_negatives == "same_labels",
+                                unlabelled_targets=cfg.unlabelled_targets) \
             if cfg.pair_negatives != "all" else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, n)

@@ -18,6 +18,10 @@ BACKBONE_METHODS = ("oca", "bct", "independent", "simplex")
 """Whole-model recipes accepted by :func:`compatindex.trainer.train_backbone`."""
 PAIR_NEGATIVES = ("all", "other_labels", "same_labels")
 """Contrasts of the backbone's pair InfoNCE (``BackboneConfig.pair_negatives``)."""
+UNLABELLED_TARGETS = ("own", "old_ranking")
+
+"""Targets of an unlabelled item (label -1) in the InfoNCE against stored vectors
+(``BackboneConfig.unlabelled_targets``)."""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -175,6 +179,12 @@ class BackboneConfig(_DictMixin):
     not pushed away) or ``same_labels`` (same-label items' stored vectors are positives too: a
     supervised contrastive loss against the stored gallery, the loss of new/old label
     retrieval itself)."""
+    unlabelled_targets: str = "own"
+    """Target of an unlabelled item (label -1) in the InfoNCE against stored vectors (the pair
+    term of ``oca`` with ``pair_negatives`` other than ``all``, and ``simplex``'s ancestor term):
+    ``own`` (its own stored vector, one-hot) or ``old_ranking`` (the old model's ranking of the
+    batch, ``softmax(mu g_i g^T)``: the new query learns to rank the old gallery as the old query
+    did, so classes the new version has no labels for keep the old model's neighbourhoods)."""
     w_ancestor_cos: float = 0.0
     """``simplex``: weight of ``1 - cos(h[:, :d_j], G_j)`` per ancestor (pins the absolute
     position, as BT²'s ``1 - <phi_old, h_bct>``); 0 leaves it out."""
@@ -209,6 +219,8 @@ class BackboneConfig(_DictMixin):
         _check(self.epochs >= 0, f"`epochs` must be >= 0; got {self.epochs!r}")
         _check(self.pair_negatives in PAIR_NEGATIVES,
                f"`pair_negatives` must be one of {PAIR_NEGATIVES}; got {self.pair_negatives!r}")
+        _check(self.unlabelled_targets in UNLABELLED_TARGETS,
+               f"`unlabelled_targets` must be one of {UNLABELLED_TARGETS}; got {self.unlabelled_targets!r}")
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import UNLABELLED_TARGETS
+
 
 class PrototypeCE(nn.Module):
     """BCT influence loss: label-smoothed CE of ``normalize(h_bct) P^T / temperature`` against ``y``.
@@ -188,29 +190,63 @@ class AncestorNCE(nn.Module):
     loss, ``-mu <o_i, n_i> + logsumexp_j(mu <o_i, n_j>, y_j != y_i)``); an unlabelled item
     (label -1) has every other item as a negative. The loss is the mean over
     ancestors, so a version trained against every stored ancestor weighs each one equally.
+
+    ``unlabelled_targets="old_ranking"`` replaces an unlabelled item's one-hot target by the
+    old model's own ranking of the batch (:func:`old_ranking_targets`).
     """
 
-    def __init__(self, *, mu: float = 10.0, same_label_positives: bool = False) -> None:
+    def __init__(self, *, mu: float = 10.0, same_label_positives: bool = False,
+                 unlabelled_targets: str = "own") -> None:
         super().__init__()
         self.mu = float(mu)
         self.same_label_positives = bool(same_label_positives)
+        if unlabelled_targets not in UNLABELLED_TARGETS:
+            raise ValueError(f"`unlabelled_targets` must be one of {UNLABELLED_TARGETS}; got {unlabelled_targets!r}")
+        self.old_ranking = unlabelled_targets == "old_ranking"
 
     def one(self, h: Tensor, g: Tensor, y: Tensor) -> Tensor:
-        if self.same_label_positives:  # supervised: same-label stored vectors are positives too
-            return gallery_label_nce(h, g, y, mu=self.mu)
         d = g.shape[1]
         z = F.normalize(h[:, :d], dim=1)  # (B, d_j)
         gn = F.normalize(g, dim=1)  # (B, d_j)
         logits = self.mu * z @ gn.T  # (B, B)
-        same = (y[:, None] == y[None, :]) & (y[:, None] >= 0)  # label -1: unlabelled, every other item a negative
-        eye = torch.eye(len(y), dtype=torch.bool, device=h.device)
-        logits = logits.masked_fill(same & ~eye, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(len(y), device=h.device))
+        if self.same_label_positives:  # supervised: same-label stored vectors are positives too
+            rows = _label_nce_rows(logits, y)
+        else:
+            eye = torch.eye(len(y), dtype=torch.bool, device=h.device)
+            same = (y[:, None] == y[None, :]) & (y[:, None] >= 0)  # label -1: unlabelled, every other item a negative
+            rows = F.cross_entropy(logits.masked_fill(same & ~eye, float("-inf")),
+                                   torch.arange(len(y), device=h.device), reduction="none")
+        if self.old_ranking and bool((y < 0).any()):
+            soft = -(old_ranking_targets(gn, self.mu) * F.log_softmax(logits, dim=1)).sum(1)
+            rows = torch.where(y < 0, soft, rows)
+        return rows.mean()
 
     def forward(self, h: Tensor, ancestors: list[Tensor], y: Tensor) -> Tensor:
         if not ancestors:
             return h.sum() * 0.0
         return torch.stack([self.one(h, g, y) for g in ancestors]).mean()
+
+
+def old_ranking_targets(gn: Tensor, mu: float) -> Tensor:
+    """The old model's ranking of the batch as a target distribution, ``softmax(mu g g^T)`` (B, B).
+
+    ``gn`` (B, d) holds the batch's stored old vectors, unit norm. Row i is how the old query of
+    item i (its stored vector: one model embeds queries and gallery) spreads over the batch's
+    stored vectors at the loss's own temperature: most mass on itself, the rest on its old
+    neighbours. Matching it teaches the new query to rank the old gallery as the old query did,
+    which holds M(new, old) near M(old, old) on classes whose labels the new version never
+    sees; a one-hot target on the item's own vector pushes its old neighbours away, same-class
+    ones included. A constant: no gradient flows into the stored vectors.
+    """
+    with torch.no_grad():
+        return F.softmax(mu * gn @ gn.T, dim=1)
+
+
+def _label_nce_rows(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-row supervised contrastive loss (B,) of :func:`gallery_label_nce`, from its logits (B, B)."""
+    eye = torch.eye(len(y), dtype=torch.bool, device=logits.device)
+    pos = ((y[:, None] == y[None, :]) & (y[:, None] >= 0)) | eye
+    return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)
 
 
 def gallery_label_nce(h: Tensor, g: Tensor, y: Tensor, *, mu: float) -> Tensor:
@@ -226,12 +262,8 @@ def gallery_label_nce(h: Tensor, g: Tensor, y: Tensor, *, mu: float) -> Tensor:
     classes (docs/trainer.md, "Whole-model training").
     """
     d = g.shape[1]
-    z = F.normalize(h[:, :d], dim=1)
-    gn = F.normalize(g, dim=1)
-    logits = mu * z @ gn.T
-    eye = torch.eye(len(y), dtype=torch.bool, device=h.device)
-    pos = ((y[:, None] == y[None, :]) & (y[:, None] >= 0)) | eye
-    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
+    logits = mu * F.normalize(h[:, :d], dim=1) @ F.normalize(g, dim=1).T
+    return _label_nce_rows(logits, y).mean()
 
 
 class SimplexLoss(nn.Module):
@@ -242,17 +274,18 @@ class SimplexLoss(nn.Module):
     ``proto_temperature``) of ``h[:, :d_j]`` against that ancestor's stored class means (BCT's
     influence loss on the old gallery); 0 (the default) leaves it out. Optional ``w_cos`` adds
     ``mean_j (1 - cos(h[:, :d_j], G_j))``. ``same_label_positives`` makes the ancestor InfoNCE
-    supervised (:func:`gallery_label_nce`).
+    supervised (:func:`gallery_label_nce`); ``unlabelled_targets`` is :class:`AncestorNCE`'s.
     """
 
     def __init__(self, num_classes: int, *, lam: float = 0.1, mu: float = 10.0, scale: float = 10.0,
                  label_smoothing: float = 0.1, ancestor_prototypes: list[Tensor] | None = None,
                  w_proto: float = 0.0, proto_temperature: float = 0.1, w_cos: float = 0.0,
-                 same_label_positives: bool = False) -> None:
+                 same_label_positives: bool = False, unlabelled_targets: str = "own") -> None:
         super().__init__()
         self.w_cos = float(w_cos)
         self.ce = SimplexCE(num_classes, scale=scale, label_smoothing=label_smoothing)
-        self.nce = AncestorNCE(mu=mu, same_label_positives=same_label_positives)
+        self.nce = AncestorNCE(mu=mu, same_label_positives=same_label_positives,
+                               unlabelled_targets=unlabelled_targets)
         self.lam, self.w_proto = float(lam), float(w_proto)
         protos = ancestor_prototypes or []
         self.protos = nn.ModuleList(

@@ -27,6 +27,10 @@ def test_cache_key_holds_the_recipe(tmp_path, monkeypatch):
     assert not a["cached"] and fm.train_model("m", s, d, **kw)["cached"]
     assert not fm.train_model("m", s, d, **kw, label_smoothing=0.0)["cached"]  # another config: retrained
     fm.train_model("m", s, d, **kw)  # back to the defaults
+    # an option added later, given at its neutral default, trains as before: the cache holds
+    assert fm.train_model("m", s, d, **kw, unlabelled_targets="own")["cached"]
+    assert not fm.train_model("m", s, d, **kw, unlabelled_targets="old_ranking")["cached"]
+    fm.train_model("m", s, d, **kw)
     monkeypatch.setitem(backbone.RECIPE_VERSION, "independent", backbone.RECIPE_VERSION["independent"] + 1)
     assert not fm.train_model("m", s, d, **kw)["cached"]  # a new recipe version: retrained
     # simplex child started from the cached parent (output widened), against the parent's vectors

@@ -107,3 +107,18 @@ def test_evaluation_queries_leave_out_every_copy_of_a_reembedded_article():
     assert len(s["eval_q"]) >= n - len(top) - 1
     for i in s["eval_q"]:
         assert not (rel[i] | {int(i)}) & top
+
+
+def test_article_sentences_come_from_the_given_articles_only():
+    from bench.textdata import article_sentences
+
+    paras = [["Alpha headline for article zero", "Zero says one thing at length. Zero then says another thing!"],
+             ["Beta headline for article one", "One has a sentence of its own here. Tiny."],
+             ["Gamma headline for article two", "Zero says one thing at length. Two adds a sentence of its own."]]
+    texts, owner = article_sentences(paras, np.array([2, 0]))
+    assert len(texts) == len(set(texts)) == len(owner)
+    assert "Tiny." not in texts and not any("One has" in t for t in texts)  # article 1 not given
+    by = dict(zip(texts, owner.tolist()))
+    assert by["Zero then says another thing!"] == 0 and by["Two adds a sentence of its own."] == 2
+    assert by["Zero says one thing at length."] == 2  # shared: the first article given keeps it
+    assert by["Gamma headline for article two"] == 2

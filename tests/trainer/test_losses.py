@@ -150,6 +150,63 @@ def test_gallery_label_nce_with_distinct_labels_is_plain_infonce():
 
 
 
+def _old_ranking_loop(h, g, y, mu):
+    """``unlabelled_targets="old_ranking"`` written out: labelled rows as the supervised loss,
+    unlabelled rows -sum_j p_ij log q_ij with p = softmax(mu g_i.g_j), q = softmax(mu z_i.g_j)."""
+    B, d = len(y), g.shape[1]
+    z = [_norm(h[i, :d].tolist()) for i in range(B)]
+    gn = [_norm(g[j].tolist()) for j in range(B)]
+    tot = 0.0
+    for i in range(B):
+        logits = [mu * _dot(z[i], gn[j]) for j in range(B)]
+        lse = math.log(sum(math.exp(v) for v in logits))
+        if y[i] >= 0:
+            pos = [j for j in range(B) if j == i or y[j] == y[i]]
+            tot += -math.log(sum(math.exp(logits[j]) for j in pos)) + lse
+        else:
+            t = [mu * _dot(gn[i], gn[j]) for j in range(B)]
+            tl = math.log(sum(math.exp(v) for v in t))
+            tot += -sum(math.exp(t[j] - tl) * (logits[j] - lse) for j in range(B))
+    return tot / B
+
+
+def test_old_ranking_targets_match_loop():
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    G = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, -1, 0, 2, -1, 1, -1, 0, 2])
+    loss = AncestorNCE(mu=5.0, same_label_positives=True, unlabelled_targets="old_ranking")
+    assert float(loss.one(h, G, y)) == pytest.approx(_old_ranking_loop(h, G, y.tolist(), 5.0), rel=1e-10)
+    # with every item labelled the option changes nothing
+    yl = torch.tensor([0, 1, 0, 2, 3, 1, 3, 0, 2])
+    assert float(loss.one(h, G, yl)) == pytest.approx(float(gallery_label_nce(h, G, yl, mu=5.0)), rel=1e-12)
+
+
+def test_old_ranking_is_stationary_where_the_new_prefix_equals_the_old_vector():
+    """A new query that ranks the old batch exactly as the old query did gets no gradient from
+    the soft target, while the one-hot target still pushes it off its old neighbours."""
+    g = torch.Generator().manual_seed(7)
+    G = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    y = torch.full((8,), -1)
+    grads = {}
+    for t in ("own", "old_ranking"):
+        h = torch.cat([G, torch.randn(8, 3, generator=g, dtype=torch.float64)], 1).requires_grad_(True)
+        AncestorNCE(mu=5.0, unlabelled_targets=t)(h, [G], y).backward()
+        grads[t] = float(h.grad.abs().max())
+    assert grads["old_ranking"] < 1e-12
+    assert grads["own"] > 1e-3
+
+
+def test_unknown_unlabelled_targets_is_refused():
+    from compatindex.errors import InvalidInputError
+    from compatindex.trainer.config import BackboneConfig
+
+    with pytest.raises(ValueError, match="unlabelled_targets"):
+        AncestorNCE(unlabelled_targets="neighbours")
+    with pytest.raises(InvalidInputError, match="unlabelled_targets.*'x'"):
+        BackboneConfig(unlabelled_targets="x")
+
+
 def test_simplex_loss_with_same_label_positives_uses_the_supervised_ancestor_term():
     """``pair_negatives="same_labels"`` reaches simplex's ancestor InfoNCE: per ancestor the
     supervised loss of :func:`gallery_label_nce`, averaged over ancestors."""
