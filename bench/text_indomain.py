@@ -221,9 +221,7 @@ def indomain(ctx: dict[str, Any], *, quick: bool) -> dict[str, Any]:
     pair_sets: list[tuple[str, float, bool, bool]] = [("wordnet", 0.0, True, False)]
     for f in FRACTIONS:
         for sent in (False, True):
-            tail = " + sentences" if sent else ""
-            pair_sets += [(f"in-domain {100 * f:g}%{tail}", f, False, sent),
-                          (f"wordnet + in-domain {100 * f:g}%{tail}", f, True, sent)]
+            pair_sets += [(pair_set_name(f, False, sent), f, False, sent), (pair_set_name(f, True, sent), f, True, sent)]
     rows: dict[str, Any] = {}
     for ps_name, f, with_wn, sent in pair_sets:
         index = gallery_index()
@@ -288,14 +286,18 @@ def indomain(ctx: dict[str, Any], *, quick: bool) -> dict[str, Any]:
                 "trainer_default_met": bool(trainer_default >= 0.9 * e5),
                 "wordnet_alone_best_share_of_e5": wn_best / e5}
 
-    key = f"wordnet + in-domain {100 * max(FRACTIONS):g}%"
-    goal = goal_of(key)
-    goal["with_sentences"] = goal_of(key + " + sentences")
+    goal = goal_of(pair_set_name(max(FRACTIONS), True, False))
+    goal["with_sentences"] = goal_of(pair_set_name(max(FRACTIONS), True, True))
     goal["met"] = bool(goal["met"] or goal["with_sentences"]["met"])
     return {"reference": ref, "n_eval_queries": int(len(eval_q)), "fractions": list(FRACTIONS),
             "n_sentences_top": int(len(s_owner)),
             "pair_sets": rows, "goal_10pct_plus_wordnet_ge_90pct_of_e5": goal,
             "extended": extended(ctx, gallery_index), "seconds": T()}
+
+
+def pair_set_name(fraction: float, wordnet: bool, sentences: bool) -> str:
+    """The name of an in-domain pair set, e.g. ``wordnet + in-domain 10% + sentences``."""
+    return f"{'wordnet + ' if wordnet else ''}in-domain {100 * fraction:g}%{' + sentences' if sentences else ''}"
 
 
 def sentence_vectors(ctx: dict[str, Any], articles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -346,7 +348,7 @@ def extended(ctx: dict[str, Any], gallery_index: Any) -> dict[str, Any]:
                 hits = _search(index, Qn[eq], 10, version=label.replace(" ", "-").replace("+", "p"), raw=True)
                 res[label] = trec_metrics(hits, rel_e)
             index.close()
-            name = f"{'wordnet + ' if with_wn else ''}in-domain {100 * f:g}%"
+            name = pair_set_name(f, with_wn, False)
             rows[name] = {"fraction": f, "wordnet": with_wn, "n_in_domain": int(len(sel)), "new_old": res}
             log(f"text extended {name}: " + ", ".join(f"{k} {v['recall@10']:.3f}" for k, v in res.items()))
     best = max((v["recall@10"], k, m) for k, r in rows.items() for m, v in r["new_old"].items())
@@ -388,7 +390,7 @@ def serving(ctx: dict[str, Any], *, quick: bool) -> dict[str, Any]:
     # the new version (v2) as the trainer fits it by default, from WordNet pairs alone (day one
     # before anything is re-embedded) and with the re-embedded leads added
     trained = {"wordnet": (Wn[w_fit], Wo[w_fit], sel),
-               f"wordnet + in-domain {100 * max(FRACTIONS):g}%":
+               pair_set_name(max(FRACTIONS), True, False):
                (np.vstack([Wn[w_fit], Pn[i_fit]]), np.vstack([Wo[w_fit], G[i_fit]]), i_fit)}
     fit_sets = {f"held-out WordNet pairs ({len(w_hold)})": ("vectors", Wn[w_hold], Wo[w_hold]),
                 f"held-out re-embedded leads ({len(i_hold)})": ("ids", Pn[i_hold], i_hold),
@@ -502,8 +504,7 @@ def plot(r: dict[str, Any], quick: bool) -> str:
                         xs.append(0.0)
                         ys.append(v["recall@10"])
                 for f in fr:
-                    key = f"{'wordnet + ' if with_wn else ''}in-domain {100 * f:g}%{' + sentences' if sent else ''}"
-                    v = d["pair_sets"].get(key, {}).get("methods", {}).get(meth, {}).get("new_old")
+                    v = d["pair_sets"].get(pair_set_name(f, with_wn, sent), {}).get("methods", {}).get(meth, {}).get("new_old")
                     if v:
                         xs.append(100 * f)
                         ys.append(v["recall@10"])

@@ -19,7 +19,6 @@ BACKBONE_METHODS = ("oca", "bct", "independent", "simplex")
 PAIR_NEGATIVES = ("all", "other_labels", "same_labels")
 """Contrasts of the backbone's pair InfoNCE (``BackboneConfig.pair_negatives``)."""
 UNLABELLED_TARGETS = ("own", "old_ranking")
-
 """Targets of an unlabelled item (label -1) in the InfoNCE against stored vectors
 (``BackboneConfig.unlabelled_targets``)."""
 

@@ -114,16 +114,26 @@ def test_prototype_ce_temperature_divides_the_logits():
     assert float(got) == pytest.approx(float(want), rel=1e-12)
 
 
-def _gallery_label_nce_loop(h, g, y, mu):
-    """The supervised contrastive loss written out: -log(sum_pos e^l / sum_all e^l), mean over rows."""
+def _label_nce_loop(h, g, y, mu, *, old_ranking=False):
+    """The supervised contrastive loss written out: -log(sum_pos e^l / sum_all e^l), mean over rows.
+
+    ``old_ranking``: an unlabelled row is instead -sum_j p_ij log q_ij with p = softmax(mu g_i.g_j)
+    and q = softmax(mu z_i.g_j) (``unlabelled_targets="old_ranking"``).
+    """
     B, d = len(y), g.shape[1]
     z = [_norm(h[i, :d].tolist()) for i in range(B)]
     gn = [_norm(g[j].tolist()) for j in range(B)]
     tot = 0.0
     for i in range(B):
         logits = [mu * _dot(z[i], gn[j]) for j in range(B)]
-        pos = [j for j in range(B) if j == i or (y[i] >= 0 and y[j] == y[i])]
-        tot += -math.log(sum(math.exp(logits[j]) for j in pos) / sum(math.exp(v) for v in logits))
+        lse = math.log(sum(math.exp(v) for v in logits))
+        if old_ranking and y[i] < 0:
+            t = [mu * _dot(gn[i], gn[j]) for j in range(B)]
+            tl = math.log(sum(math.exp(v) for v in t))
+            tot += -sum(math.exp(t[j] - tl) * (logits[j] - lse) for j in range(B))
+        else:
+            pos = [j for j in range(B) if j == i or (y[i] >= 0 and y[j] == y[i])]
+            tot += -math.log(sum(math.exp(logits[j]) for j in pos)) + lse
     return tot / B
 
 
@@ -133,7 +143,7 @@ def test_gallery_label_nce_matches_loop():
     G = torch.randn(9, 4, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 0, 2, -1, 1, -1, 0, 2])
     got = float(gallery_label_nce(h, G, y, mu=5.0))
-    assert got == pytest.approx(_gallery_label_nce_loop(h, G, y.tolist(), 5.0), rel=1e-10)
+    assert got == pytest.approx(_label_nce_loop(h, G, y.tolist(), 5.0), rel=1e-10)
     # the AncestorNCE switch computes the same loss
     assert float(AncestorNCE(mu=5.0, same_label_positives=True).one(h, G, y)) == pytest.approx(got, rel=1e-12)
 
@@ -149,34 +159,13 @@ def test_gallery_label_nce_with_distinct_labels_is_plain_infonce():
     assert float(gallery_label_nce(h, G, torch.full((6,), -1), mu=7.0)) == pytest.approx(ref, rel=1e-12)
 
 
-
-def _old_ranking_loop(h, g, y, mu):
-    """``unlabelled_targets="old_ranking"`` written out: labelled rows as the supervised loss,
-    unlabelled rows -sum_j p_ij log q_ij with p = softmax(mu g_i.g_j), q = softmax(mu z_i.g_j)."""
-    B, d = len(y), g.shape[1]
-    z = [_norm(h[i, :d].tolist()) for i in range(B)]
-    gn = [_norm(g[j].tolist()) for j in range(B)]
-    tot = 0.0
-    for i in range(B):
-        logits = [mu * _dot(z[i], gn[j]) for j in range(B)]
-        lse = math.log(sum(math.exp(v) for v in logits))
-        if y[i] >= 0:
-            pos = [j for j in range(B) if j == i or y[j] == y[i]]
-            tot += -math.log(sum(math.exp(logits[j]) for j in pos)) + lse
-        else:
-            t = [mu * _dot(gn[i], gn[j]) for j in range(B)]
-            tl = math.log(sum(math.exp(v) for v in t))
-            tot += -sum(math.exp(t[j] - tl) * (logits[j] - lse) for j in range(B))
-    return tot / B
-
-
 def test_old_ranking_targets_match_loop():
     g = torch.Generator().manual_seed(6)
     h = torch.randn(9, 6, generator=g, dtype=torch.float64)
     G = torch.randn(9, 4, generator=g, dtype=torch.float64)
     y = torch.tensor([0, -1, 0, 2, -1, 1, -1, 0, 2])
     loss = AncestorNCE(mu=5.0, same_label_positives=True, unlabelled_targets="old_ranking")
-    assert float(loss.one(h, G, y)) == pytest.approx(_old_ranking_loop(h, G, y.tolist(), 5.0), rel=1e-10)
+    assert float(loss.one(h, G, y)) == pytest.approx(_label_nce_loop(h, G, y.tolist(), 5.0, old_ranking=True), rel=1e-10)
     # with every item labelled the option changes nothing
     yl = torch.tensor([0, 1, 0, 2, 3, 1, 3, 0, 2])
     assert float(loss.one(h, G, yl)) == pytest.approx(float(gallery_label_nce(h, G, yl, mu=5.0)), rel=1e-12)
