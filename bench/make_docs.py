@@ -239,9 +239,13 @@ def main() -> Path:
                                 "re-embed", f"{'met' if gi['met'] else 'missed'} (best {gi['best_method']}: "
                                 f"{100 * gi['share_of_e5']:.1f}%; trainer default {100 * gi['trainer_default_share_of_e5']:.1f}%; "
                                 + (f"with the same articles' sentences, best {gi['with_sentences']['best_method']}: "
-                                   f"{100 * gi['with_sentences']['share_of_e5']:.1f}%, trainer default "
+                                   f"{100 * gi['with_sentences']['share_of_e5']:.2f}%, trainer default "
                                    f"{100 * gi['with_sentences']['trainer_default_share_of_e5']:.1f}%; "
                                    if gi.get("with_sentences") else "")
+                                + (f"with their headline-length spans too, best {gi['with_spans']['best_method']}: "
+                                   f"{100 * gi['with_spans']['share_of_e5']:.2f}%, trainer default "
+                                   f"{100 * gi['with_spans']['trainer_default_share_of_e5']:.1f}%; "
+                                   if gi.get("with_spans") else "")
                                 + f"WordNet alone {100 * gi['wordnet_alone_best_share_of_e5']:.1f}%)"])
             sv = r.get("serving")
             if sv:
@@ -276,8 +280,12 @@ def main() -> Path:
                     + (f"; embedding every sentence of the same articles with both models too "
                        f"({ps[gi['with_sentences']['pair_set']]['n_sentences']} sentences) reaches "
                        f"{100 * gi['with_sentences']['best_new_old_recall@10']:.1f} "
-                       f"({100 * gi['with_sentences']['share_of_e5']:.1f}% of the e5 re-embed, "
+                       f"({100 * gi['with_sentences']['share_of_e5']:.2f}% of the e5 re-embed, "
                        f"{gi['with_sentences']['best_method']})" if gi.get("with_sentences") else "")
+                    + (f"; adding their 9-word spans ({ps[gi['with_spans']['pair_set']]['n_spans']}) "
+                       f"reaches {100 * gi['with_spans']['best_new_old_recall@10']:.1f} "
+                       f"({100 * gi['with_spans']['share_of_e5']:.2f}%, {gi['with_spans']['best_method']})"
+                       if gi.get("with_spans") else "")
                     + (f"; with half the gallery re-embedded the best reaches {100 * ind['extended']['best']['share_of_e5']:.1f}% "
                        f"({ind['extended']['best']['pair_set']}, {ind['extended']['best']['method']})"
                        if ind.get("extended") else "")

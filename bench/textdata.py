@@ -67,6 +67,20 @@ def article_sentences(paras: list[list[str]], articles: np.ndarray, *, min_chars
     return list(texts), np.array(list(texts.values()), dtype=np.int64)
 
 
+def sentence_spans(texts: list[str], owner: np.ndarray, *, width: int = 9, stride: int = 5) -> tuple[list[str], np.ndarray]:
+    """Headline-length views of sentences: every ``width``-word window, starting every ``stride``
+    words, of each sentence longer than ``width`` words (distinct windows, the first owner kept).
+    ``(spans, owner)``, owner (n,)."""
+    out: dict[str, int] = {}
+    for t, o in zip(texts, np.asarray(owner).tolist()):
+        w = t.split()
+        if len(w) <= width:
+            continue
+        for s in range(0, len(w) - width + 1, stride):
+            out.setdefault(" ".join(w[s: s + width]), int(o))
+    return list(out), np.array(list(out.values()), dtype=np.int64)
+
+
 def relevant_sets(heads: list[str], leads: list[str]) -> list[set[int]]:
     """Known-item relevance with duplicates: article j answers headline i when it has the same lead
     or the same headline (98 articles are exact duplicates and 129 headlines repeat)."""

@@ -47,6 +47,12 @@ class Method(str, enum.Enum):
     mlp = "mlp"
 
 
+class OcaHead(str, enum.Enum):
+    isometry = "isometry"
+    linear = "linear"
+    mlp = "mlp"
+
+
 def _f(x: Any, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
@@ -155,6 +161,16 @@ def upgrade(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and of training.")] = 0,
     steps: Annotated[int | None, typer.Option("--steps", min=0, help="Training steps of torch heads.",
                                               show_default=False)] = None,
+    w_rank: Annotated[float | None, typer.Option("--w-rank", min=0.0, help="Weight of the gallery ranking term "
+                                                 "of the torch heads (oca, mlp): each new query learns to rank the "
+                                                 "stored gallery as the same item's stored vector does (default 0: "
+                                                 "off).", show_default=False)] = None,
+    oca_head: Annotated[OcaHead | None, typer.Option("--oca-head", help="The oca method's head: isometry "
+                                                     "(default; new/new kept exact), linear or mlp (query "
+                                                     "adapters).", show_default=False)] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=1.0, help="Wall-clock budget of one "
+                                                      "torch head's training (default 20).",
+                                                      show_default=False)] = None,
     column: ColumnOpt = None,
     lock_timeout: LockTimeout = 0.0,
     json_out: Json = False,
@@ -187,6 +203,12 @@ def upgrade(
             overrides: dict[str, Any] = {"seed": seed, "quiet": quiet}
             if steps is not None:
                 overrides["steps"] = steps
+            if w_rank is not None:
+                overrides["w_rank"] = w_rank
+            if oca_head is not None:
+                overrides["oca_head"] = OcaHead(oca_head).value
+            if max_seconds is not None:
+                overrides["max_seconds"] = max_seconds
             import warnings
 
             with warnings.catch_warnings():  # the refusal is said below, on stderr, once

@@ -22,7 +22,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from .closed_form import complete_orthogonal
 from .config import TrainConfig, resolve_device
-from .losses import OCALoss, PairAlignLoss
+from .losses import GalleryRankLoss, OCALoss, PairAlignLoss
 from .progress import Progress
 
 
@@ -257,7 +257,7 @@ def export_head(model: HeadModel, *, normalize_input: bool = True) -> dict[str, 
 def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
              labels: np.ndarray | None = None, prototypes: np.ndarray | None = None,
              init: Any = None, desc: str = "head", val: tuple[Any, ...] | None = None,
-             score: str = "renorm") -> tuple[HeadModel, dict[str, Any]]:
+             score: str = "renorm", gallery: np.ndarray | None = None) -> tuple[HeadModel, dict[str, Any]]:
     """Train a head on pairs (and labels when given) with the OCA recipe plus pair alignment.
 
     Parameters
@@ -277,6 +277,10 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
         below its closed-form start on that split.
     score:
         ``renorm`` (cosine) or ``pad`` (inner product), as the parent's metric compares.
+    gallery:
+        ``(m, d_p)`` stored parent vectors of other items: with ``cfg.w_rank > 0`` the head also
+        learns to rank them as each pair's stored vector does (at most ``cfg.rank_gallery``
+        rows, a fixed draw; :class:`~compatindex.trainer.losses.GalleryRankLoss`).
 
     Returns
     -------
@@ -288,10 +292,11 @@ def fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCon
 
     with limit_threads(cfg.threads):
         return _fit_head(kind, H, G, d_v=d_v, cfg=cfg, labels=labels, prototypes=prototypes, init=init,
-                         desc=desc, val=val, score=score)
+                         desc=desc, val=val, score=score, gallery=gallery)
 
 
-def _val_score(model: HeadModel, val: tuple[Any, ...], score: str) -> tuple[float, float]:
+def _val_score(model: HeadModel, val: tuple[Any, ...], score: str,
+               rank: GalleryRankLoss | None = None) -> tuple[float, float]:
     from .. import evaluation as ev
 
     Hv, Gv, yv = val[:3]
@@ -304,6 +309,12 @@ def _val_score(model: HeadModel, val: tuple[Any, ...], score: str) -> tuple[floa
     if not np.all(np.isfinite(Z)):
         return (-np.inf, -np.inf)
     pa = ev.pair_alignment(Z, Gv, score=score)
+    if rank is not None and not (yv is not None and np.sum(yv >= 0) >= 2):
+        # trained to rank the stored gallery as the old queries do: scored on that, on held-out pairs
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            kl = float(rank(torch.as_tensor(Z, device=dev), torch.as_tensor(np.asarray(Gv, np.float32), device=dev)))
+        return (-kl, pa["mrr"])
     if yv is not None and np.sum(yv >= 0) >= 2:
         m = yv >= 0
         # top-1 among the stored gallery (distractors included), as the index will serve it
@@ -314,7 +325,8 @@ def _val_score(model: HeadModel, val: tuple[Any, ...], score: str) -> tuple[floa
 
 def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainConfig,
               labels: np.ndarray | None, prototypes: np.ndarray | None, init: Any, desc: str,
-              val: tuple[Any, ...] | None, score: str) -> tuple[HeadModel, dict[str, Any]]:
+              val: tuple[Any, ...] | None, score: str,
+              gallery: np.ndarray | None = None) -> tuple[HeadModel, dict[str, Any]]:
     import copy
     import time
 
@@ -326,6 +338,12 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
     model = HeadModel(kind, d_h, d_v, n_classes=n_classes, hidden=cfg.hidden, init=init,
                       orth_impl=cfg.orth_impl).to(device)
     pair_loss = PairAlignLoss(d_p, w_cos=cfg.w_pair, w_nce=cfg.w_nce, tau=cfg.temperature).to(device)
+    rank_loss = None
+    if cfg.w_rank > 0 and gallery is not None and len(gallery) >= 2:
+        rows = np.asarray(gallery, dtype=np.float32)
+        if len(rows) > cfg.rank_gallery:
+            rows = rows[np.sort(np.random.default_rng(cfg.seed).choice(len(rows), cfg.rank_gallery, replace=False))]
+        rank_loss = GalleryRankLoss(torch.as_tensor(rows), tau=cfg.rank_temperature, score=score).to(device)
     oca_loss = None
     if use_labels:
         P = np.nan_to_num(np.asarray(prototypes, dtype=np.float32))
@@ -345,7 +363,7 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
     bs = min(cfg.batch_size, n)
     parts: dict[str, float] = {}
     model.train()
-    best = best0 = _val_score(model, val, score) if val is not None else None
+    best = best0 = _val_score(model, val, score, rank_loss) if val is not None else None
     best_state, best_step, steps_run, stale = None, 0, 0, 0
     t_end = None if cfg.max_seconds is None else time.perf_counter() + cfg.max_seconds
     with Progress(cfg.steps, desc=desc, quiet=cfg.quiet) as bar:
@@ -356,6 +374,10 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
             idx = torch.randperm(n, generator=gen)[:bs].to(device)
             logits, z = model(Ht[idx])
             loss, parts = pair_loss(z, Gt[idx])
+            if rank_loss is not None:
+                rk = rank_loss(z, Gt[idx])
+                loss = loss + cfg.w_rank * rk
+                parts = {**parts, "gallery_rank": float(rk.detach())}
             if oca_loss is not None and logits is not None and Yt is not None:
                 y = Yt[idx]
                 m = y >= 0
@@ -375,7 +397,7 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
             if steps_run % RETRACT_EVERY == 0 or score_now or steps_run == cfg.steps or out_of_time:
                 retract_all(model)
             if score_now and val is not None:
-                sc = _val_score(model, val, score)  # retracted W: orthonormal to ~1e-4, snapped at the end
+                sc = _val_score(model, val, score, rank_loss)  # retracted W: orthonormal to ~1e-4, snapped at the end
                 if sc > best:  # type: ignore[operator]
                     best, best_step = sc, steps_run
                     best_state = copy.deepcopy(model.state_dict())
@@ -394,6 +416,8 @@ def _fit_head(kind: str, H: np.ndarray, G: np.ndarray, *, d_v: int, cfg: TrainCo
     model.eval()
     hist: dict[str, Any] = {k: round(v, 6) for k, v in parts.items()}
     hist.update(best_step=best_step, steps_run=steps_run, stopped_early=steps_run < cfg.steps)
+    if cfg.w_rank > 0:  # rows the ranking term ranked (0: no stored gallery was given, the term was left out)
+        hist["gallery_rank_rows"] = 0 if rank_loss is None else rank_loss.rows
     if best0 is not None and best is not None:  # scored on ``val``
         hist.update(val_start=[round(float(x), 6) for x in best0], val_best=[round(float(x), 6) for x in best])
     return model.cpu(), hist

@@ -6,6 +6,7 @@ version it produced: a version can be rebuilt from the index alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -100,6 +101,14 @@ class TrainConfig(_DictMixin):
     (contrastive beats MSE for post-hoc maps: "λ-orthogonality", NeurIPS 2025)."""
     temperature: float = 0.05
     """InfoNCE temperature of the pair term."""
+    w_rank: float = 0.0
+    """Weight of the gallery ranking term of the torch heads (:class:`~compatindex.trainer.losses.GalleryRankLoss`):
+    each mapped query ranks the stored gallery as its item's stored old vector does. Needs the
+    stored gallery (``upgrade`` always has it); 0 leaves it out."""
+    rank_temperature: float = 0.05
+    """Temperature of the gallery ranking term."""
+    rank_gallery: int = 4096
+    """Stored gallery rows the ranking term ranks (a fixed random draw when there are more)."""
     proto_temperature: float = 0.1
     """Temperature of the prototype CE (logits ``cos / T``)."""
     label_smoothing: float = 0.1
@@ -137,6 +146,12 @@ class TrainConfig(_DictMixin):
         _check(self.oca_head in ("isometry", "linear", "mlp"),
                f"`oca_head` must be 'isometry', 'linear' or 'mlp'; got {self.oca_head!r}")
         _check(self.gate_metric in ("top1", "mAP"), f"`gate_metric` must be 'top1' or 'mAP'; got {self.gate_metric!r}")
+        _check(isinstance(self.w_rank, (int, float)) and math.isfinite(self.w_rank) and self.w_rank >= 0,
+               f"`w_rank` must be a finite number >= 0; got {self.w_rank!r}")
+        _check(isinstance(self.rank_temperature, (int, float)) and math.isfinite(self.rank_temperature)
+               and self.rank_temperature > 0, f"`rank_temperature` must be a finite number > 0; got {self.rank_temperature!r}")
+        _check(isinstance(self.rank_gallery, int) and not isinstance(self.rank_gallery, bool) and self.rank_gallery >= 2,
+               f"`rank_gallery` must be an integer >= 2; got {self.rank_gallery!r}")
         _check(self.steps >= 0, f"`steps` must be >= 0; got {self.steps!r}")
         _check(self.batch_size >= 2, f"`batch_size` must be >= 2; got {self.batch_size!r}")
         _check(self.patience is None or (isinstance(self.patience, int) and not isinstance(self.patience, bool)

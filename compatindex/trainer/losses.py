@@ -137,6 +137,43 @@ class PairAlignLoss(nn.Module):
         return self.w_cos * cos + self.w_nce * nce, {"pair_cos": float(cos.detach()), "pair_nce": float(nce.detach())}
 
 
+class GalleryRankLoss(nn.Module):
+    """Ranking distillation against the stored gallery: the new query ranks it as the old one did.
+
+    For a pair (raw new vector mapped to ``z``, stored old vector ``g``) the old model's query for
+    that text *is* ``g`` (one model embeds queries and gallery), so its ranking of the stored
+    gallery ``D`` ``(m, d_p)`` is ``t = softmax(<g, D> / tau)``; the loss is
+    ``KL(t || softmax(<z[:, :d_p], D> / tau))`` averaged over the batch, both queries unit-norm
+    (a query's scale never changes its ranking). Unlike the pair terms, which only ask each
+    mapped query to find its own old vector, this trains every position of the ranking that
+    retrieval in the old gallery reads, on the stored items themselves (docs/trainer.md,
+    "Ranking the stored gallery"). Zero, with zero gradient, where the mapped query ranks ``D``
+    exactly as ``g`` does.
+
+    ``score``: ``renorm`` compares unit vectors (``D`` normalized), ``pad`` inner products with the
+    stored norms of ``D``, as the index scores the parent's gallery.
+    """
+
+    def __init__(self, gallery: Tensor, *, tau: float = 0.05, score: str = "renorm") -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"`tau` must be > 0; got {tau!r}")
+        if score not in ("renorm", "pad"):
+            raise ValueError(f"`score` must be 'renorm' or 'pad'; got {score!r}")
+        self.register_buffer("D", F.normalize(gallery, dim=1) if score == "renorm" else gallery)  # (m, d_p)
+        self.tau = float(tau)
+        self.rows = int(gallery.shape[0])
+
+    def forward(self, z: Tensor, g: Tensor) -> Tensor:
+        D = self.D
+        assert isinstance(D, Tensor)
+        d = D.shape[1]
+        with torch.no_grad():
+            t_log = F.log_softmax(F.normalize(g, dim=1) @ D.T / self.tau, dim=1)  # (B, m)
+        s_log = F.log_softmax(F.normalize(z[:, :d], dim=1) @ D.T / self.tau, dim=1)  # (B, m)
+        return (t_log.exp() * (t_log - s_log)).sum(1).mean()
+
+
 def dsimplex(num_classes: int) -> Tensor:
     """``(K, K-1)`` unit vertices of the regular simplex (iamcl2r's ``dsimplex``): pairwise cosine
     ``-1/(K-1)``, centred at the origin.

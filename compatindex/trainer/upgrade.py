@@ -132,7 +132,7 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
     if method == "mlp":
         W, b = cf.fit_affine(Hn, G, ridge=ridge)
         model, hist = fit_head("mlp", Hn, G, d_v=d_parent, cfg=replace(cfg, w_ce=0.0), init=(W, b), desc="mlp",
-                               val=_val_arrays(val, cfg), score=data.score)
+                               val=_val_arrays(val, cfg), score=data.score, gallery=data.gallery)
         out = export_head(model, normalize_input=normalize_input)
         out["info"] = {"dim": d_parent, "final_loss": hist}
         return out
@@ -153,7 +153,7 @@ def fit_method(method: str, data: PairData, cfg: TrainConfig, *, d_parent: int,
         init: Any = M0 if cfg.oca_head == "isometry" else (M0, None)
         model, hist = fit_head(cfg.oca_head, Hn, G, d_v=d_v, cfg=cfg, labels=data.labels,
                                prototypes=data.prototypes, init=init, desc="oca", val=_val_arrays(val, cfg),
-                               score=data.score)
+                               score=data.score, gallery=data.gallery)
         out = export_head(model, normalize_input=normalize_input)
         out["info"] = {"dim": d_v, "head": cfg.oca_head, "start": start, "labels": data.labels is not None,
                        "final_loss": hist}

@@ -122,3 +122,21 @@ def test_article_sentences_come_from_the_given_articles_only():
     assert by["Zero then says another thing!"] == 0 and by["Two adds a sentence of its own."] == 2
     assert by["Zero says one thing at length."] == 2  # shared: the first article given keeps it
     assert by["Gamma headline for article two"] == 2
+
+
+def test_sentence_spans_are_windows_of_the_given_sentences():
+    from bench.textdata import sentence_spans
+
+    texts = ["a b c d e f g h i j k l", "short one here", "a b c d e f g h i j k l m n"]
+    spans, owner = sentence_spans(texts, np.array([4, 5, 6]), width=4, stride=3)
+    words = [t.split() for t in texts]
+    want: dict[str, int] = {}
+    for w, o in zip(words, (4, 5, 6)):
+        if len(w) > 4:
+            for s in range(0, len(w) - 3, 3):
+                want.setdefault(" ".join(w[s:s + 4]), o)
+    assert dict(zip(spans, owner.tolist())) == want
+    assert spans[0] == "a b c d" and spans[-1] == "j k l m"  # windows start every 3 words: 0, 3, 6, 9
+    assert want["a b c d"] == 4  # shared windows keep their first owner
+    assert not any("short" in s for s in spans)  # a sentence of at most `width` words gives none
+    assert all(len(s.split()) == 4 for s in spans)

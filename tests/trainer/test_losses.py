@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from compatindex.trainer.losses import AncestorNCE, BCTLoss, OCALoss, PairAlignLoss, PrototypeCE, gallery_label_nce
+from compatindex.trainer.losses import (AncestorNCE, BCTLoss, GalleryRankLoss, OCALoss, PairAlignLoss, PrototypeCE,
+                                       gallery_label_nce)
 
 
 def _ce_ls(logits: list[float], target: int, eps: float) -> float:
@@ -211,3 +212,49 @@ def test_simplex_loss_with_same_label_positives_uses_the_supervised_ancestor_ter
     assert parts["ancestor_nce"] == pytest.approx(ref, rel=1e-9)
     _, plain = SimplexLoss(4).double()(h, anc, y)
     assert plain["ancestor_nce"] != pytest.approx(ref, rel=1e-3)  # the HOC term is another loss
+
+
+def _softmax(v: list[float]) -> list[float]:
+    m = max(v)
+    e = [math.exp(x - m) for x in v]
+    return [x / sum(e) for x in e]
+
+
+@pytest.mark.parametrize("score", ["renorm", "pad"])
+def test_gallery_rank_loss_matches_loop(score):
+    """KL(old query's softmax over the stored gallery || new query's), written out; under ``pad`` the
+    gallery keeps its stored norms, under ``renorm`` it is compared as unit vectors."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    old = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    D = torch.randn(9, 4, generator=g, dtype=torch.float64) * 1.7
+    loss = GalleryRankLoss(D, tau=0.2, score=score)(z, old)
+    rows = [_norm(r) for r in D.tolist()] if score == "renorm" else D.tolist()
+    ref = 0.0
+    for i in range(5):
+        t = _softmax([_dot(_norm(old[i].tolist()), r) / 0.2 for r in rows])
+        s = _softmax([_dot(_norm(z[i, :4].tolist()), r) / 0.2 for r in rows])
+        ref += sum(ti * (math.log(ti) - math.log(si)) for ti, si in zip(t, s))
+    assert float(loss) == pytest.approx(ref / 5, rel=1e-9)
+
+
+def test_gallery_rank_loss_is_zero_and_stationary_where_the_new_query_ranks_like_the_old():
+    """A new prefix pointing where the old vector points (any scale: a query's scale never changes
+    its ranking) costs nothing and gets no gradient; the dims past the prefix are not read."""
+    g = torch.Generator().manual_seed(4)
+    old = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    D = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    rank = GalleryRankLoss(D, tau=0.1)
+    z = torch.cat([2.5 * old, torch.randn(6, 3, generator=g, dtype=torch.float64)], 1).requires_grad_(True)
+    loss = rank(z, old)
+    loss.backward()
+    assert abs(float(loss.detach())) < 1e-12 and float(z.grad.abs().max()) < 1e-12
+    moved = torch.cat([old + 0.5 * torch.randn(6, 4, generator=g, dtype=torch.float64), z[:, 4:].detach()], 1)
+    assert float(rank(moved, old)) > 1e-3
+
+
+def test_gallery_rank_loss_refuses_bad_settings():
+    with pytest.raises(ValueError, match="tau"):
+        GalleryRankLoss(torch.zeros(3, 2), tau=0.0)
+    with pytest.raises(ValueError, match="score.*'cosine'"):
+        GalleryRankLoss(torch.zeros(3, 2), score="cosine")

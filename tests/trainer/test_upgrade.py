@@ -129,6 +129,37 @@ def test_cli_upgrade_then_search_raw(tmp_path, data):
     assert r.exit_code == 2
 
 
+def test_cli_upgrade_w_rank_trains_the_gallery_ranking_term(tmp_path, data):
+    """``--w-rank`` reaches the torch head: its loss has the gallery ranking term and keep-best scores
+    held-out ranking (a negated KL, at most 0) instead of pair MRR; ``--oca-head`` picks the head;
+    a negative weight, an unknown head and a zero time budget are refused."""
+    from compatindex_cli.main import app
+
+    path = tmp_path / "ix"
+    with compatindex.open(path) as ix:
+        ids = _fill(ix, data)
+    np.save(tmp_path / "new.npy", data.H[:600])
+    (tmp_path / "ids.txt").write_text("\n".join(ids[:600]) + "\n")
+    runner = CliRunner()
+    args = ["upgrade", str(path), str(tmp_path / "new.npy"), "--ids", str(tmp_path / "ids.txt"), "--method", "oca",
+            "--no-labels", "--steps", "30", "--dry-run", "--json", "--quiet"]
+    r = runner.invoke(app, args + ["--w-rank", "2", "--oca-head", "linear", "--max-seconds", "60"])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    (cand,) = json.loads(r.stdout)["candidates"]
+    hist = cand["info"]["final_loss"]
+    assert "gallery_rank" in hist and hist["val_start"][0] <= 0 and hist["gallery_rank_rows"] > 0
+    assert cand["info"]["head"] == "linear"
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stderr + r.stdout
+    hist0 = json.loads(r.stdout)["candidates"][0]["info"]["final_loss"]
+    assert "gallery_rank" not in hist0 and hist0["val_start"][0] > 0  # pair MRR without the term
+    hist0_head = json.loads(r.stdout)["candidates"][0]["info"]["head"]
+    assert hist0_head == "isometry"
+    for bad in (["--w-rank", "-1"], ["--oca-head", "orthogonal"], ["--max-seconds", "0"]):
+        r = runner.invoke(app, args + bad)
+        assert r.exit_code == 2 and bad[0] in r.stderr
+
+
 def test_planted_isometric_upgrade_under_ip_is_exact():
     """Under ``ip`` the norms are part of the score: the raw new vectors are not normalized, so an
     exactly isometric new model (a rotation of the old one) gives new/new equal to the raw new
