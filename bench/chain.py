@@ -35,7 +35,7 @@ from .fmnist import D_OLD, DELTA, _digest, fresh_index, gallery_prototypes, load
 
 
 ALL_RECIPES = ("oca", "oca+pairs", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels",
-               "simplex+gallery+ranking")
+               "simplex+gallery+ranking", "simplex+gallery+scoped")
 """``oca``: ``compatindex.trainer.train_backbone`` (prototypes only); ``oca+pairs``: the
 benchmark-local recipe with a per-item pair term (bench/pairs_backbone.py); ``simplex``:
 ``train_backbone(method="simplex")`` against every stored ancestor, on the images of the classes
@@ -47,7 +47,8 @@ class-incremental protocol of ``simplex``; ``simplex+gallery+labels`` both; ``si
 the last with ``unlabelled_targets="old_ranking"`` (an unlabelled image learns the ancestor's own
 ranking of the batch, :func:`compatindex.trainer.losses.old_ranking_targets`)."""
 
-RECIPES = ("oca", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels", "simplex+gallery+ranking")
+RECIPES = ("oca", "simplex", "simplex+gallery", "simplex+labels", "simplex+gallery+labels", "simplex+gallery+ranking",
+           "simplex+gallery+scoped")
 """The recipes a run measures (``oca+pairs`` is left out of the default run for time)."""
 
 CLASSES = (3, 5, 7, 10)
@@ -66,8 +67,15 @@ version fine-tunes its parent), a light ``1 - cos`` pin to each ancestor and a s
 SIMPLEX_RECIPE_CFG: dict[str, dict[str, Any]] = {"simplex+labels": {"pair_negatives": "same_labels"},
                                                  "simplex+gallery+labels": {"pair_negatives": "same_labels"},
                                                  "simplex+gallery+ranking": {"pair_negatives": "same_labels",
-                                                                             "unlabelled_targets": "old_ranking"}}
+                                                                             "unlabelled_targets": "old_ranking"},
+                                                 "simplex+gallery+scoped": {"pair_negatives": "same_labels",
+                                                                            "unlabelled_targets": "old_ranking"}}
 """Options a simplex recipe adds to (or overrides in) :data:`SIMPLEX_CFG` for v2 onwards (v1 is shared)."""
+
+SCOPED = ("simplex+gallery+scoped",)
+"""Recipes that tell each version which classes every ancestor had labels for
+(``train_backbone(ancestor_classes=...)``): an item of a class an ancestor never had labels for
+targets that ancestor's own ranking of the batch's same-label items."""
 
 N_MAP_QUERIES = 2000
 """Queries (a seeded subset) over which each cell's mAP is computed (full-ranking mAP against
@@ -96,6 +104,7 @@ def _chain(recipe: str, s: Any, data: dict[str, np.ndarray], plan: list[tuple], 
             m = train_model(f"chain-{recipe}-{name}", s, data, method="simplex", classes=classes, num_classes=10,
                             d_out=d, epochs=ep, group="chain", ancestors=anc, lineage=_digest(*anc),
                             init_from=par if SIMPLEX_FINETUNE else None, unlabelled="+gallery" in recipe,
+                            ancestor_classes=([list(range(p[2])) for p in plan[:i]] if recipe in SCOPED else None),
                             **{**SIMPLEX_CFG, **SIMPLEX_RECIPE_CFG.get(recipe, {})})
         else:
             P = gallery_prototypes(index, parent, 10)  # from the stored parent vectors
@@ -222,6 +231,11 @@ RECIPE_TEXT = {
                                "InfoNCE is the ancestor model's own ranking of the batch, not its own stored vector "
                                "alone, so the classes a version has no labels for keep the ancestor's "
                                "neighbourhoods)",
+    "simplex+gallery+scoped": "`simplex+gallery+scoped` (`simplex+gallery+ranking` where each version is also "
+                              "told which classes every ancestor had labels for: in an ancestor's InfoNCE, an image "
+                              "of a class that ancestor never had labels for targets the ancestor's own ranking of "
+                              "the batch's same-label images instead of every same-label image alike, "
+                              "`train_backbone(ancestor_classes=...)`)",
     "simplex+labels": "`simplex+labels` (`simplex` with `pair_negatives=\"same_labels\"`: the ancestor InfoNCE is "
                       "supervised, the stored ancestor vectors of every same-label image in the batch are "
                       "positives, so a version learns label retrieval in each older gallery rather than its own "

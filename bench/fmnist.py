@@ -125,7 +125,8 @@ def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str
                 group: str = "fmnist", pair_targets: np.ndarray | None = None, num_classes: int | None = None,
                 ancestors: list[np.ndarray] | None = None, ancestor_prototypes: list[np.ndarray] | None = None,
                 lineage: str = "", init_from: str | None = None, unlabelled: bool = False,
-                old_vectors: np.ndarray | None = None, **cfg_kw: Any) -> dict[str, Any]:
+                old_vectors: np.ndarray | None = None, ancestor_classes: list[list[int]] | None = None,
+                **cfg_kw: Any) -> dict[str, Any]:
     """Train (or load from the work folder) one backbone on the gallery images of classes < ``classes``.
 
     ``num_classes`` is the classifier's size (default ``classes``; ``simplex`` preallocates every
@@ -134,7 +135,8 @@ def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str
     ``init_from`` the cached model (by name, same group) to start from, widened by
     ``compatindex.trainer.backbone.grow_output`` (each model's weights are cached as ``<name>.pt``);
     ``unlabelled`` (``simplex`` only) also trains on the gallery images of the other classes, with
-    label -1 (pair terms only: a different protocol, the stored gallery used without its labels).
+    label -1 (pair terms only: a different protocol, the stored gallery used without its labels);
+    ``ancestor_classes`` (``simplex``) the classes each ancestor was given labels for.
 
     Returns ``{"gallery": (n_g, d_out), "query": (n_q, d_out), "train_seconds", "steps", ...}``:
     the unit-norm embeddings of the gallery and query images. Cached by name + setup + the
@@ -162,7 +164,8 @@ def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str
                    "cfg": sorted((k, v) for k, v in cfg_kw.items() if not _neutral(k, v)),
                    "recipe": RECIPE_VERSION.get(method), "lineage": lineage,
                    "ancestors": [int(a.shape[1]) for a in ancestors or []], "init_from": init_from,
-                   "unlabelled": unlabelled, "old_vectors": None if old_vectors is None else _digest(old_vectors),
+                   "unlabelled": unlabelled, **({"ancestor_classes": ancestor_classes} if ancestor_classes else {}),
+                   "old_vectors": None if old_vectors is None else _digest(old_vectors),
                    # what the model trains against (the old model's prototypes / stored vectors): a retrained
                    # old model retrains its children, even when another scenario rewrote it
                    "inputs": _digest(*[np.nan_to_num(np.asarray(a, np.float32)) for a in
@@ -203,6 +206,7 @@ def train_model(name: str, s: Setup, data: dict[str, np.ndarray], *, method: str
         res = train_backbone(net, data["xg"][m], y_tr, config=cfg,
                              prototypes=P, d_out=d_out, old_vectors=None if old_vectors is None else old_vectors[m],
                              ancestor_vectors=None if ancestors is None else [a[m] for a in ancestors],
+                             ancestor_classes=ancestor_classes,
                              ancestor_prototypes=None if ancestor_prototypes is None
                              else [p[: cfg.num_classes] for p in ancestor_prototypes])
         model, steps, history = res.model, res.step, res.history

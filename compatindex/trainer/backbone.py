@@ -24,6 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -210,10 +211,31 @@ def load_checkpoint(path: str | os.PathLike[str], backbone: nn.Module, *, map_lo
     return model, ck
 
 
+def _ancestor_known(classes: list[Sequence[int] | None] | None, n_anc: int, C: int) -> list[Tensor | None]:
+    """``train_backbone``'s ``ancestor_classes`` as one (C,) bool mask per ancestor (None: every class)."""
+    if classes is None:
+        return [None] * n_anc
+    if len(classes) != n_anc:
+        raise InvalidInputError(f"`ancestor_classes` needs one entry per ancestor ({n_anc}); got {len(classes)}")
+    out: list[Tensor | None] = []
+    for j, cl in enumerate(classes):
+        if cl is None:
+            out.append(None)
+            continue
+        ids = np.asarray(list(cl))
+        if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= C):
+            raise InvalidInputError(f"`ancestor_classes[{j}]` must hold class ids in [0, {C}); got {list(cl)!r}")
+        mask = torch.zeros(C, dtype=torch.bool)
+        mask[torch.as_tensor(ids, dtype=torch.long)] = True
+        out.append(mask)
+    return out
+
+
 def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfig,
                    prototypes: np.ndarray | None = None, old_vectors: np.ndarray | None = None,
                    ancestor_vectors: list[np.ndarray] | None = None,
                    ancestor_prototypes: list[np.ndarray] | None = None,
+                   ancestor_classes: list[Sequence[int] | None] | None = None,
                    d_out: int | None = None,
                    checkpoint: str | os.PathLike[str] | None = None, resume: bool = True,
                    stop_at: int | None = None) -> TrainResult:
@@ -242,6 +264,12 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
     ancestor_prototypes:
         ``simplex`` only, with ``config.w_ancestor_proto > 0``: ``(C, d_j)`` class means of each
         ancestor's stored vectors (NaN rows for classes without one).
+    ancestor_classes:
+        ``simplex`` only: one entry per ancestor, the class ids that ancestor was trained with
+        labels for (None: every class). In an ancestor's InfoNCE term an item of another class
+        targets that ancestor's own ranking of the batch's same-label items
+        (:func:`compatindex.trainer.losses.ranked_positives`) rather than every same-label
+        vector alike: the ancestor's space does not group a class it never had labels for.
     d_out:
         The backbone's output dim (default: probed with one batch).
     checkpoint:
@@ -284,12 +312,14 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
         loss_fn = BCTLoss(torch.as_tensor(np.nan_to_num(P)), has, alpha=cfg.bct_alpha,
                           label_smoothing=cfg.label_smoothing, temperature=cfg.proto_temperature).to(device)
     anc: list[Tensor] = []
+    known: list[Tensor | None] = []
     if cfg.method == "simplex":
         for j, A in enumerate(ancestor_vectors or []):
             At = torch.as_tensor(np.asarray(A, dtype=np.float32))
             if At.ndim != 2 or len(At) != n or At.shape[1] > d_out:
                 raise InvalidInputError(f"`ancestor_vectors[{j}]` must be ({n}, d_j <= {d_out}); got {tuple(At.shape)}")
             anc.append(At)
+        known = _ancestor_known(ancestor_classes, len(anc), C)
         aps = [torch.as_tensor(np.asarray(P_, dtype=np.float32)) for P_ in (ancestor_prototypes or [])]
         if cfg.w_ancestor_proto and len(aps) != len(anc):
             raise InvalidInputError("`ancestor_prototypes` needs one (C, d_j) array per ancestor")
@@ -300,8 +330,8 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                               proto_temperature=cfg.ancestor_proto_temperature,
                               same_label_positives=cfg.pair_negatives == "same_labels",
                               unlabelled_targets=cfg.unlabelled_targets).to(device)
-    elif ancestor_vectors:
-        raise InvalidInputError("`ancestor_vectors` is for method 'simplex'")
+    elif ancestor_vectors or ancestor_classes:
+        raise InvalidInputError("`ancestor_vectors` and `ancestor_classes` are for method 'simplex'")
     pair_fn: PairAlignLoss | None = None
     Gt: Tensor | None = None
     label_nce: AncestorNCE | None = None
@@ -341,7 +371,8 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                 gr["lr"] = _lr(cfg, step, total)
             logits, h = model(xb)
             if isinstance(loss_fn, SimplexLoss):
-                loss, parts = loss_fn(h, [A[idx].to(device) for A in anc], yb)
+                loss, parts = loss_fn(h, [A[idx].to(device) for A in anc], yb,
+                                      [None if k is None else k.to(device) for k in known])
             elif loss_fn is None:
                 loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                 parts = {"ce": float(loss.detach())}

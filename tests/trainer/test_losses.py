@@ -115,11 +115,13 @@ def test_prototype_ce_temperature_divides_the_logits():
     assert float(got) == pytest.approx(float(want), rel=1e-12)
 
 
-def _label_nce_loop(h, g, y, mu, *, old_ranking=False):
+def _label_nce_loop(h, g, y, mu, *, old_ranking=False, known=None):
     """The supervised contrastive loss written out: -log(sum_pos e^l / sum_all e^l), mean over rows.
 
     ``old_ranking``: an unlabelled row is instead -sum_j p_ij log q_ij with p = softmax(mu g_i.g_j)
-    and q = softmax(mu z_i.g_j) (``unlabelled_targets="old_ranking"``).
+    and q = softmax(mu z_i.g_j) (``unlabelled_targets="old_ranking"``). ``known``: a set of
+    classes; a labelled row of another class uses the same p restricted to its same-label
+    columns and renormalized (``ancestor_classes``).
     """
     B, d = len(y), g.shape[1]
     z = [_norm(h[i, :d].tolist()) for i in range(B)]
@@ -128,7 +130,11 @@ def _label_nce_loop(h, g, y, mu, *, old_ranking=False):
     for i in range(B):
         logits = [mu * _dot(z[i], gn[j]) for j in range(B)]
         lse = math.log(sum(math.exp(v) for v in logits))
-        if old_ranking and y[i] < 0:
+        if known is not None and y[i] >= 0 and y[i] not in known:
+            cols = [j for j in range(B) if y[j] == y[i]]
+            w = {j: math.exp(mu * _dot(gn[i], gn[j])) for j in cols}
+            tot += -sum(w[j] / sum(w.values()) * (logits[j] - lse) for j in cols)
+        elif old_ranking and y[i] < 0:
             t = [mu * _dot(gn[i], gn[j]) for j in range(B)]
             tl = math.log(sum(math.exp(v) for v in t))
             tot += -sum(math.exp(t[j] - tl) * (logits[j] - lse) for j in range(B))
@@ -170,6 +176,45 @@ def test_old_ranking_targets_match_loop():
     # with every item labelled the option changes nothing
     yl = torch.tensor([0, 1, 0, 2, 3, 1, 3, 0, 2])
     assert float(loss.one(h, G, yl)) == pytest.approx(float(gallery_label_nce(h, G, yl, mu=5.0)), rel=1e-12)
+
+
+@pytest.mark.parametrize("old_ranking", [False, True])
+def test_ancestor_classes_rows_match_loop(old_ranking):
+    """A labelled item of a class the ancestor never had labels for targets the ancestor's own
+    ranking of the batch's same-label items; rows of known classes and unlabelled rows keep
+    their loss."""
+    g = torch.Generator().manual_seed(8)
+    h = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    G = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 0, 2, -1, 3, 1, 2, 3, 0])
+    loss = AncestorNCE(mu=5.0, same_label_positives=True,
+                       unlabelled_targets="old_ranking" if old_ranking else "own")
+    known = torch.tensor([True, True, False, False])  # the ancestor had labels for classes 0 and 1
+    got = float(loss.one(h, G, y, known))
+    assert got == pytest.approx(_label_nce_loop(h, G, y.tolist(), 5.0, old_ranking=old_ranking, known={0, 1}),
+                                rel=1e-10)
+    # every class known: the plain loss; through forward, one mask per ancestor
+    assert float(loss.one(h, G, y, torch.ones(4, dtype=torch.bool))) == pytest.approx(float(loss.one(h, G, y)),
+                                                                                      rel=1e-12)
+    assert got != pytest.approx(float(loss.one(h, G, y)), rel=1e-3)
+    both = float(loss(h, [G, G], y, [known, None]))
+    assert both == pytest.approx((got + float(loss.one(h, G, y))) / 2, rel=1e-12)
+
+
+def test_ranked_positives_put_no_mass_on_other_labels():
+    from compatindex.trainer.losses import old_ranking_targets, ranked_positives
+
+    g = torch.Generator().manual_seed(9)
+    G = torch.nn.functional.normalize(torch.randn(7, 5, generator=g, dtype=torch.float64), dim=1)
+    y = torch.tensor([1, 1, 2, -1, 1, 2, 0])
+    t = ranked_positives(G, y, 4.0)
+    assert torch.allclose(t.sum(1), torch.ones(7, dtype=torch.float64))
+    same = (y[:, None] == y[None, :]) | torch.eye(7, dtype=torch.bool)
+    labelled = (y >= 0)[:, None]
+    assert float(t[labelled.expand(-1, 7) & ~same].abs().max()) == 0.0
+    # an unlabelled row keeps the whole ranking; a single-item class puts all mass on itself
+    assert torch.allclose(t[3], old_ranking_targets(G, 4.0)[3])
+    assert float(t[6, 6]) == pytest.approx(1.0)
 
 
 def test_old_ranking_is_stationary_where_the_new_prefix_equals_the_old_vector():

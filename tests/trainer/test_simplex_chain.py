@@ -205,3 +205,29 @@ def test_simplex_optional_terms_and_unlabelled_items(digits):
     assert all(np.isfinite(v) for v in last.values())
     with pytest.raises(InvalidInputError, match="ancestor_prototypes"):
         train_backbone(mlp(16), X[tr], yl, config=cfg, ancestor_vectors=[G])
+
+
+def test_ancestor_classes_reach_the_ancestor_term_and_bad_values_are_refused(digits):
+    """``ancestor_classes`` changes the ancestor InfoNCE only for classes an ancestor lacks:
+    every class listed is the plain loss; a narrower list is another loss. Bad entries are
+    refused with the parameter named."""
+    X, y, tr, _ = digits
+    G = np.random.default_rng(1).normal(size=(len(tr), 12)).astype(np.float32)
+    cfg = BackboneConfig(method="simplex", num_classes=10, max_steps=1, device="cpu", quiet=True,
+                         pair_negatives="same_labels")
+
+    def first(**kw):
+        return train_backbone(mlp(16), X[tr], y[tr], config=cfg, ancestor_vectors=[G], **kw).history[0]["ancestor_nce"]
+
+    plain = first()
+    assert first(ancestor_classes=[range(10)]) == pytest.approx(plain, rel=1e-6)
+    assert first(ancestor_classes=[None]) == pytest.approx(plain, rel=1e-6)
+    assert first(ancestor_classes=[[0, 1, 2]]) != pytest.approx(plain, rel=1e-3)
+    for bad, msg in [([[0, 1], [2]], "one entry per ancestor"), ([[0, 10]], r"ancestor_classes\[0\].*10"),
+                     ([[-1]], r"ancestor_classes\[0\]"), ([[0.5]], r"ancestor_classes\[0\]")]:
+        with pytest.raises(InvalidInputError, match=msg):
+            train_backbone(mlp(16), X[tr], y[tr], config=cfg, ancestor_vectors=[G], ancestor_classes=bad)
+    with pytest.raises(InvalidInputError, match="ancestor_classes"):
+        train_backbone(mlp(16), X[tr], y[tr], config=BackboneConfig(method="bct", num_classes=10, max_steps=1,
+                                                                   quiet=True),
+                       prototypes=np.zeros((10, 16), np.float32), ancestor_classes=[[0]])
