@@ -137,6 +137,15 @@ def render_report(report: dict[str, Any]) -> None:
             con.print(f"  - {r}")
 
 
+def _read_all(source: Any) -> np.ndarray:
+    """Every row of a vector source, each batch checked for NaN/inf (the error names the file and row)."""
+    parts = []
+    for start, x in source.batches(65_536):
+        source.check_finite(x, start)
+        parts.append(x)
+    return np.concatenate(parts) if parts else np.zeros((0, source.dim), np.float32)
+
+
 def upgrade(
     index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
     vectors: Annotated[Path, typer.Argument(
@@ -171,6 +180,11 @@ def upgrade(
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=1.0, help="Wall-clock budget of one "
                                                       "torch head's training (default 20).",
                                                       show_default=False)] = None,
+    extra_pairs: Annotated[tuple[Path, Path] | None, typer.Option(
+        "--extra-pairs", metavar="NEW OLD", help="More pairs that are not stored items: two vector files of the "
+        "same inputs (e.g. sentences of the re-embedded documents), raw new-encoder vectors and the parent "
+        "model's vectors, row for row. They train and are held out with the stored pairs.",
+        show_default=False)] = None,
     column: ColumnOpt = None,
     lock_timeout: LockTimeout = 0.0,
     json_out: Json = False,
@@ -182,11 +196,11 @@ def upgrade(
         keys = read_ids(ids, param="--ids", source=source)
         check_length(keys, source.n, param="--ids", spec=ids, vectors=vectors)
         check_unique(keys, what=f"--ids '{ids}'")
-        parts = []
-        for start, x in source.batches(65_536):
-            source.check_finite(x, start)
-            parts.append(x)
-        X = np.concatenate(parts) if parts else np.zeros((0, source.dim), np.float32)
+        X = _read_all(source)
+        extra: tuple[np.ndarray, np.ndarray] | None = None
+        if extra_pairs is not None:
+            extra = (_read_all(open_vectors(extra_pairs[0], param="--extra-pairs NEW")),
+                     _read_all(open_vectors(extra_pairs[1], param="--extra-pairs OLD")))
         from compatindex.trainer import upgrade as run_upgrade  # torch loads only for this command
 
         ix = open_index(index, lock_timeout=lock_timeout)
@@ -215,7 +229,7 @@ def upgrade(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 version, report = run_upgrade(ix, X, key_list, method=Method(method).value, parent=parent,
                                               name=name, extra_dims=extra_dims, use_labels=use_labels, force=force,
-                                              strict=False, dry_run=dry_run, **overrides)
+                                              strict=False, dry_run=dry_run, extra_pairs=extra, **overrides)
         if json_out:
             say(dumps(report))
         else:

@@ -110,6 +110,52 @@ def split(n: int, holdout: float, *, seed: int = 0, min_holdout: int = 20) -> tu
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+@dataclass(frozen=True)
+class ExtraPair:
+    """The id of a pair that is not a stored item (``upgrade(extra_pairs=...)``): row ``k`` of them."""
+
+    k: int
+
+
+def add_extra_pairs(data: PairData, H: Any, G: Any) -> PairData:
+    """``data`` with more pairs that are not stored items: texts or images embedded by both models.
+
+    Parameters
+    ----------
+    data:
+        Pairs of stored items (:func:`load_pairs`).
+    H:
+        ``(m, d_h)`` raw new-encoder vectors, the same ``d_h`` as ``data.H``.
+    G:
+        ``(m, d_p)`` parent-model vectors of the same inputs, as the parent's encoder emits them
+        (L2-normalized here under the ``cosine`` metric, as stored vectors are).
+
+    Their ids are :class:`ExtraPair` (never a stored id) and their labels -1 (unknown): they
+    train and are held out like the others, and never reach what needs a stored item (the
+    serving fit, prototypes, the label gate).
+    """
+    Hx = np.asarray(H, dtype=np.float32)
+    Gx = np.asarray(G, dtype=np.float32)
+    if Hx.ndim != 2 or Hx.shape[1] != data.H.shape[1]:
+        raise DimensionMismatchError(f"`extra_pairs` new vectors must be (m, {data.H.shape[1]}), the new vectors' "
+                                     f"dim; got {Hx.shape}")
+    if Gx.ndim != 2 or Gx.shape[1] != data.G.shape[1]:
+        raise DimensionMismatchError(f"`extra_pairs` old vectors must be (m, {data.G.shape[1]}), the parent's dim; "
+                                     f"got {Gx.shape}")
+    if len(Hx) != len(Gx) or not len(Hx):
+        raise InvalidInputError(f"`extra_pairs` must hold the same number (>= 1) of new and old vectors; got "
+                                f"{len(Hx)} and {len(Gx)}")
+    for what, x in (("new", Hx), ("old", Gx)):
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if len(bad):
+            raise InvalidInputError(f"`extra_pairs` {what} vectors hold NaN or inf (row {int(bad[0])})")
+    if data.metric != "ip":
+        Gx = normalize_rows(Gx)
+    ids = list(data.ids) + [ExtraPair(k) for k in range(len(Hx))]
+    labels = None if data.labels is None else np.concatenate([data.labels, np.full(len(Hx), -1, np.int64)])
+    return replace(data, ids=ids, H=np.vstack([data.H, Hx]), G=np.vstack([data.G, Gx]), labels=labels)
+
+
 def pairs_from_arrays(H: np.ndarray, G: np.ndarray, labels: list[Any] | np.ndarray | None = None, *,
                       gallery: np.ndarray | None = None, gallery_labels: Any = None,
                       ids: list[Any] | None = None, metric: str = "cosine") -> PairData:

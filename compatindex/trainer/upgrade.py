@@ -18,7 +18,7 @@ from ..errors import IncompatibleVersionError, InvalidInputError, VersionExistsE
 from ..core.heads import apply_head
 from . import closed_form as cf
 from .config import TrainConfig
-from .data import PairData, load_pairs, normalize_rows, split
+from .data import ExtraPair, PairData, add_extra_pairs, load_pairs, normalize_rows, split
 from .gate import label_gate, pairs_gate
 
 if TYPE_CHECKING:  # the trainer sits below the facade: typed against it, never imports it
@@ -461,7 +461,8 @@ def _register(index: Any, name: str, parent: Any, fit: dict[str, Any], report: d
 def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: str = "auto",
             parent: str | None = None, name: str | None = None, extra_dims: int | None = None,
             use_labels: bool = True, force: bool = False, strict: bool = True, dry_run: bool = False,
-            serving: bool = True, config: TrainConfig | None = None, **overrides: Any
+            serving: bool = True, config: TrainConfig | None = None,
+            extra_pairs: tuple[np.ndarray, np.ndarray] | None = None, **overrides: Any
             ) -> tuple[Any, dict[str, Any]]:
     """Learn the next compatible version against the stored gallery and register it if it passes.
 
@@ -502,6 +503,13 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
         searches exactly as the parent's query alone), and the report says why.
     config, overrides:
         A :class:`TrainConfig`, and/or field overrides (``steps=...``, ``seed=...``).
+    extra_pairs:
+        ``(new_raw (m, d_h), old (m, d_parent))``: more pairs that are not stored items, inputs
+        embedded by both encoders (e.g. the sentences or short spans of the re-embedded
+        documents, which look like the queries the new model will send). They train and are
+        held out like the stored pairs; the serving fit uses stored items only
+        (:func:`~compatindex.trainer.data.add_extra_pairs`; docs/trainer.md, "Ranking the
+        stored gallery").
 
     Returns
     -------
@@ -525,9 +533,14 @@ def upgrade(index: Any, new_raw_vectors: np.ndarray, ids: list[Any], *, method: 
                                  hint="pick another --name / name=")
     data = load_pairs(index, new_raw_vectors, ids, parent=parent_v.name, use_labels=use_labels, seed=cfg.seed,
                       explicit_parent=parent is not None)
+    if extra_pairs is not None:
+        if not isinstance(extra_pairs, (tuple, list)) or len(extra_pairs) != 2:
+            raise InvalidInputError("`extra_pairs` must be a (new_raw_vectors, old_vectors) pair of arrays")
+        data = add_extra_pairs(data, extra_pairs[0], extra_pairs[1])
     t0 = time.perf_counter()
     fit, report = fit_upgrade(data, d_parent=parent_v.dim, config=cfg, name=name, parent=parent_v.name)
     report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["data"]["n_extra_pairs"] = sum(isinstance(i, ExtraPair) for i in data.ids)
     report["parent"] = parent_v.name
     report["name"] = name
     passed = bool(report["gate"]["passed"])
@@ -572,6 +585,10 @@ def _fit_serving(index: Any, name: str, parent: str, data: PairData, rows: Any) 
         index.set_serving(name, fusion=old_only)
         return {"fusion": old_only, "reason": "fewer than 3 held-out pairs: parent-only weights stored"}
     rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[[not isinstance(data.ids[i], ExtraPair) for i in rows.tolist()]]  # stored items only
+    if len(rows) < 3:
+        index.set_serving(name, fusion=old_only)
+        return {"fusion": old_only, "reason": "fewer than 3 held-out stored items: parent-only weights stored"}
     ids = [data.ids[i] for i in rows.tolist()]
     labels = None
     if data.labels is not None and data.classes is not None and bool(np.all(data.labels[rows] >= 0)):

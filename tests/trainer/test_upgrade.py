@@ -286,3 +286,79 @@ def test_oca_head_that_keeps_its_start_registers_the_closed_form_refit(data):
         assert w is not None
         np.testing.assert_allclose(a.to_version_space(data.H[1000:1100], version="v2"),
                                    b.to_version_space(data.H[1000:1100], version="v2"), atol=1e-6)
+
+
+def _own_rank_mrr(Z, G):
+    """Mean reciprocal rank of each row's own stored vector among all of ``G`` (cosine)."""
+    S = unit(Z) @ G.T
+    own = S[np.arange(len(S)), np.arange(len(S))]
+    return float(np.mean(1.0 / (1 + (S > own[:, None]).sum(1))))
+
+
+def test_extra_pairs_train_with_the_stored_pairs_and_stay_out_of_the_serving_fit(data):
+    """``extra_pairs`` (inputs embedded by both encoders that are not stored items) join the
+    stored pairs: with 60 stored pairs and 600 extra ones the fitted version aligns unseen
+    items better than from the 60 alone, and the serving fit, which needs stored items, sees
+    only the stored held-out pairs."""
+    ev_H, ev_G = data.H[1200:], data.G[1200:]  # unseen by either fit
+    mrr = {}
+    for extra in (False, True):
+        with compatindex.open(":memory:") as ix:
+            ids = _fill(ix, data, labels=False)
+            kw = {"extra_pairs": (data.H[400:1000], data.G[400:1000])} if extra else {}
+            v, rep = upgrade(ix, data.H[:60], ids[:60], name="v2", method="isometric", **kw)
+            assert v is not None
+            assert rep["data"]["n_pairs"] == 60 + (600 if extra else 0)
+            assert rep["data"]["n_extra_pairs"] == (600 if extra else 0)
+            srv = rep["serving"]
+            if extra:  # the held-out split mixes both kinds; only stored items are served from
+                assert srv.get("pairs", 0) < rep["data"]["n_heldout"]
+            Z = ix.to_version_space(ev_H, version="v2")[:, :16]
+            mrr[extra] = _own_rank_mrr(Z, ev_G)
+    assert mrr[True] > mrr[False] + 0.02, mrr
+
+
+def test_extra_pairs_bad_input_is_refused_and_registers_nothing(data):
+    with compatindex.open(":memory:") as ix:
+        ids = _fill(ix, data, labels=False)
+        H, G = data.H[400:500], data.G[400:500]
+        bad_nan = G.copy()
+        bad_nan[3, 0] = np.nan
+        for extra, msg in [((H[:, :5], G), r"extra_pairs.*new vectors must be \(m, 24\)"),
+                           ((H, G[:, :5]), r"extra_pairs.*old vectors must be \(m, 16\)"),
+                           ((H, G[:50]), r"extra_pairs.*same number"),
+                           ((H, bad_nan), r"extra_pairs.*old vectors hold NaN or inf \(row 3\)"),
+                           ((H,), r"extra_pairs.*pair of arrays")]:
+            with pytest.raises(compatindex.errors.CompatIndexError, match=msg):
+                upgrade(ix, data.H[:100], ids[:100], name="v2", method="isometric", extra_pairs=extra)
+        assert [v.name for v in ix.versions()] == ["v1"]
+
+
+def test_cli_upgrade_extra_pairs(tmp_path, data):
+    """``--extra-pairs NEW OLD`` reaches upgrade(): the report counts them with the pairs; a file of
+    the wrong dim or holding NaN is refused naming the option, and nothing is registered."""
+    from compatindex_cli.main import app
+
+    path = tmp_path / "ix"
+    with compatindex.open(path) as ix:
+        ids = _fill(ix, data, labels=False)
+    np.save(tmp_path / "new.npy", data.H[:60])
+    (tmp_path / "ids.txt").write_text("\n".join(ids[:60]) + "\n")
+    np.save(tmp_path / "xn.npy", data.H[400:1000])
+    np.save(tmp_path / "xo.npy", data.G[400:1000])
+    runner = CliRunner()
+    args = ["upgrade", str(path), str(tmp_path / "new.npy"), "--ids", str(tmp_path / "ids.txt"),
+            "--method", "isometric", "--json", "--quiet", "--extra-pairs"]
+    r = runner.invoke(app, args + [str(tmp_path / "xn.npy"), str(tmp_path / "xo.npy"), "--dry-run"])
+    assert r.exit_code == 0, r.stderr + r.stdout
+    rep = json.loads(r.stdout)
+    assert rep["data"]["n_pairs"] == 660 and rep["data"]["n_extra_pairs"] == 600
+    np.save(tmp_path / "bad_dim.npy", data.G[400:1000, :5])
+    bad = data.H[400:1000].copy()
+    bad[7, 1] = np.inf
+    np.save(tmp_path / "bad_inf.npy", bad)
+    for files, msg in [(["xn.npy", "bad_dim.npy"], "extra_pairs"), (["bad_inf.npy", "xo.npy"], "--extra-pairs NEW")]:
+        r = runner.invoke(app, args + [str(tmp_path / f) for f in files])
+        assert r.exit_code != 0 and msg in r.stderr, r.stderr
+    with compatindex.open(path) as ix:
+        assert [v.name for v in ix.versions()] == ["v1"]
