@@ -67,10 +67,9 @@ version fine-tunes its parent), a light ``1 - cos`` pin to each ancestor and a s
 SIMPLEX_RECIPE_CFG: dict[str, dict[str, Any]] = {"simplex+labels": {"pair_negatives": "same_labels"},
                                                  "simplex+gallery+labels": {"pair_negatives": "same_labels"},
                                                  "simplex+gallery+ranking": {"pair_negatives": "same_labels",
-                                                                             "unlabelled_targets": "old_ranking"},
-                                                 "simplex+gallery+scoped": {"pair_negatives": "same_labels",
-                                                                            "unlabelled_targets": "old_ranking"}}
+                                                                             "unlabelled_targets": "old_ranking"}}
 """Options a simplex recipe adds to (or overrides in) :data:`SIMPLEX_CFG` for v2 onwards (v1 is shared)."""
+SIMPLEX_RECIPE_CFG["simplex+gallery+scoped"] = SIMPLEX_RECIPE_CFG["simplex+gallery+ranking"]  # + ancestor_classes
 
 SCOPED = ("simplex+gallery+scoped",)
 """Recipes that tell each version which classes every ancestor had labels for
@@ -82,6 +81,12 @@ N_MAP_QUERIES = 2000
 60,000 items costs ~4 ms a query here; top-1/top-5 use every query)."""
 
 
+
+
+def chain_plan(s: Any) -> list[tuple]:
+    """``(name, method, classes, dim, epochs)`` of v1..v4 for the sizes ``s``."""
+    return [("v1", "independent", CLASSES[0], D_OLD, s.epochs_old)] + [
+        (f"v{i + 1}", "oca", c, D_OLD + i * DELTA, s.epochs_new) for i, c in enumerate(CLASSES[1:], start=1)]
 
 
 def _chain(recipe: str, s: Any, data: dict[str, np.ndarray], plan: list[tuple], v1: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +170,7 @@ def run(quick: bool = False, recipes: tuple[str, ...] = RECIPES) -> dict[str, An
     s = setup(quick)
     T = Timer()
     data = load_data(s)
-    plan = [("v1", "independent", CLASSES[0], D_OLD, s.epochs_old)] + [
-        (f"v{i + 1}", "oca", c, D_OLD + i * DELTA, s.epochs_new) for i, c in enumerate(CLASSES[1:], start=1)]
+    plan = chain_plan(s)
     v1 = train_model("chain-v1", s, data, method="independent", classes=CLASSES[0], d_out=D_OLD,
                      epochs=s.epochs_old, group="chain")
     chains = {r: _chain(r, s, data, plan, v1) for r in recipes}

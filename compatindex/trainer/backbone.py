@@ -319,7 +319,7 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
             if At.ndim != 2 or len(At) != n or At.shape[1] > d_out:
                 raise InvalidInputError(f"`ancestor_vectors[{j}]` must be ({n}, d_j <= {d_out}); got {tuple(At.shape)}")
             anc.append(At)
-        known = _ancestor_known(ancestor_classes, len(anc), C)
+        known = [None if k is None else k.to(device) for k in _ancestor_known(ancestor_classes, len(anc), C)]
         aps = [torch.as_tensor(np.asarray(P_, dtype=np.float32)) for P_ in (ancestor_prototypes or [])]
         if cfg.w_ancestor_proto and len(aps) != len(anc):
             raise InvalidInputError("`ancestor_prototypes` needs one (C, d_j) array per ancestor")
@@ -371,8 +371,7 @@ def train_backbone(backbone: nn.Module, X: Any, y: Any, *, config: BackboneConfi
                 gr["lr"] = _lr(cfg, step, total)
             logits, h = model(xb)
             if isinstance(loss_fn, SimplexLoss):
-                loss, parts = loss_fn(h, [A[idx].to(device) for A in anc], yb,
-                                      [None if k is None else k.to(device) for k in known])
+                loss, parts = loss_fn(h, [A[idx].to(device) for A in anc], yb, known)
             elif loss_fn is None:
                 loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                 parts = {"ce": float(loss.detach())}

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.validate import as_matrix
 from ..errors import DimensionMismatchError, InvalidInputError, UnknownIdError
 
 
@@ -134,21 +135,11 @@ def add_extra_pairs(data: PairData, H: Any, G: Any) -> PairData:
     train and are held out like the others, and never reach what needs a stored item (the
     serving fit, prototypes, the label gate).
     """
-    Hx = np.asarray(H, dtype=np.float32)
-    Gx = np.asarray(G, dtype=np.float32)
-    if Hx.ndim != 2 or Hx.shape[1] != data.H.shape[1]:
-        raise DimensionMismatchError(f"`extra_pairs` new vectors must be (m, {data.H.shape[1]}), the new vectors' "
-                                     f"dim; got {Hx.shape}")
-    if Gx.ndim != 2 or Gx.shape[1] != data.G.shape[1]:
-        raise DimensionMismatchError(f"`extra_pairs` old vectors must be (m, {data.G.shape[1]}), the parent's dim; "
-                                     f"got {Gx.shape}")
-    if len(Hx) != len(Gx) or not len(Hx):
-        raise InvalidInputError(f"`extra_pairs` must hold the same number (>= 1) of new and old vectors; got "
+    Hx = as_matrix(H, dim=data.H.shape[1], param="extra_pairs[0]", context=" (the new vectors' dim)")
+    Gx = as_matrix(G, dim=data.G.shape[1], param="extra_pairs[1]", context=" (the parent's dim)")
+    if len(Hx) != len(Gx):
+        raise InvalidInputError(f"`extra_pairs` must hold the same number of new and old vectors; got "
                                 f"{len(Hx)} and {len(Gx)}")
-    for what, x in (("new", Hx), ("old", Gx)):
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        if len(bad):
-            raise InvalidInputError(f"`extra_pairs` {what} vectors hold NaN or inf (row {int(bad[0])})")
     if data.metric != "ip":
         Gx = normalize_rows(Gx)
     ids = list(data.ids) + [ExtraPair(k) for k in range(len(Hx))]

@@ -581,14 +581,11 @@ def _fit_serving(index: Any, name: str, parent: str, data: PairData, rows: Any) 
     from ..errors import CompatIndexError
 
     old_only = {name: 0.0, parent: 1.0}
-    if rows is None or len(rows) < 3:
-        index.set_serving(name, fusion=old_only)
-        return {"fusion": old_only, "reason": "fewer than 3 held-out pairs: parent-only weights stored"}
-    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.asarray([] if rows is None else rows, dtype=np.int64)
     rows = rows[[not isinstance(data.ids[i], ExtraPair) for i in rows.tolist()]]  # stored items only
     if len(rows) < 3:
         index.set_serving(name, fusion=old_only)
-        return {"fusion": old_only, "reason": "fewer than 3 held-out stored items: parent-only weights stored"}
+        return {"fusion": old_only, "reason": "fewer than 3 held-out pairs of stored items: parent-only weights stored"}
     ids = [data.ids[i] for i in rows.tolist()]
     labels = None
     if data.labels is not None and data.classes is not None and bool(np.all(data.labels[rows] >= 0)):

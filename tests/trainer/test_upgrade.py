@@ -324,10 +324,10 @@ def test_extra_pairs_bad_input_is_refused_and_registers_nothing(data):
         H, G = data.H[400:500], data.G[400:500]
         bad_nan = G.copy()
         bad_nan[3, 0] = np.nan
-        for extra, msg in [((H[:, :5], G), r"extra_pairs.*new vectors must be \(m, 24\)"),
-                           ((H, G[:, :5]), r"extra_pairs.*old vectors must be \(m, 16\)"),
+        for extra, msg in [((H[:, :5], G), r"extra_pairs\[0\]` must have dim 24 \(the new vectors' dim\); got 5"),
+                           ((H, G[:, :5]), r"extra_pairs\[1\]` must have dim 16 \(the parent's dim\); got 5"),
                            ((H, G[:50]), r"extra_pairs.*same number"),
-                           ((H, bad_nan), r"extra_pairs.*old vectors hold NaN or inf \(row 3\)"),
+                           ((H, bad_nan), r"extra_pairs\[1\]` holds NaN or inf \(first at row 3"),
                            ((H,), r"extra_pairs.*pair of arrays")]:
             with pytest.raises(compatindex.errors.CompatIndexError, match=msg):
                 upgrade(ix, data.H[:100], ids[:100], name="v2", method="isometric", extra_pairs=extra)
