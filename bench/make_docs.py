@@ -354,14 +354,23 @@ def main() -> Path:
                                 ", ".join(f"{m} {'met' if f[m] > base[m] else 'missed'} ({100 * (f[m] - base[m]):+.1f} pts)"
                                           for m in ("top1", "mAP"))])
             for key, g in r["goals"].items():
-                if key.startswith("calibrated_"):
-                    summary.append([f"Backfill curve ({key[len('calibrated_'):]} order), calibrated: no point more than "
+                if "curve" in g or key.startswith("calibrated_"):
+                    curve = g.get("curve", "calibrated")
+                    order = g.get("order", key[len("calibrated_"):])
+                    how = "calibrated from the backfilled items" if curve == "calibrated" else \
+                        "calibrated from a random reference sample with labels (`calibrate(reference=...)`)"
+                    summary.append([f"Backfill curve ({order} order), {how}: no point more than "
                                     "0.5 below p = 0; AUC >= best of pad/renorm",
                                     f"drop {'met' if g['drop_met'] else 'missed'} ({g['worst_drop_below_p0_points']:.1f} pts), "
                                     f"AUC {'met' if g['auc_met'] else 'missed'} ({g['auc']:.4f} vs {g['best_other_auc']:.4f})"])
                 elif key.startswith("old_client_"):
                     summary.append([f"Old clients during a drop_old backfill ({key[len('old_client_'):]}): within 0.5 of "
                                     "old/old", f"{'met' if g['met'] else 'missed'} (worst {g['worst_below_old_old_points']:.1f} pts below)"])
+            limits_p = RESULTS / "serving-limits.json"
+            if limits_p.exists() and not quick:
+                from .serving_limits import markdown as limits_markdown
+
+                parts.append("\n" + limits_markdown(json.loads(limits_p.read_text())))
     parts.append(_maintenance_section(summary))
     if summary:
         parts.insert(3, "\n## Goals at a glance\n\n" + md_table(["goal", "result"], summary))

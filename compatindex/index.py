@@ -21,6 +21,7 @@ from .core.filters import Filter, check_payload, check_schema_name, parse_filter
 from .core.heads import validate_head
 from .core.calibration import fit_calibration, fit_fusion, fit_mapped_calibration, relevance
 from .core.fusion import as_weights, calibration_table, compose, stored_fusion
+from .core.reference import choose_calibration, reference_fits
 from .core.query_maps import check_query_map, fit_query_map, fit_summary, pack_map, query_map_table
 from .core.merge import merge_topk
 from .core.records import version_record
@@ -772,19 +773,39 @@ class Index:
                                    distractors=extra)
 
     def calibrate(self, version: str, *, against: str | None = None, limit: int = 2000, seed: int = 0,
-                  query_map: bool = True) -> dict[str, Any]:
+                  query_map: bool = True, reference: Any = None) -> dict[str, Any]:
         """Refit the calibration (and the query map) of ``version`` from items that hold vectors of both it and ``against``.
 
         After any partial backfill those items are exact pairs. Stored fusion weights are kept. The
         query map from ``against`` is refit first (``query_map=False`` skips it) and replaces the
         stored one only when it passes the held-out gate and beats the stored map on the same
         held-out pairs; the calibration is then fit on the scores the search will serve.
+
+        Parameters
+        ----------
+        reference:
+            Optional ``(ids, vectors)``: stored items drawn at random from the whole gallery (for
+            example the held-out pairs of the upgrade) and their ``(n, d_version)`` vectors of
+            ``version``. The calibration is then fit with these items as the queries and the stored
+            labels as relevance, each (query version, gallery version) pair on a draw of the items
+            it will score: the ``version`` vectors of items holding one, the ``against`` vectors of
+            items not backfilled yet (``core.calibration.fit_served_calibration``). A backfill order
+            that is not random (the hardest items first) then no longer skews the calibration, as
+            fitting on the backfilled items alone does. Every reference item and every drawn item
+            must have a label. The old version's query rows are fit from the reference items that
+            still hold an ``against`` vector (at least 3; else from the pairs, as without
+            ``reference``). For each query version, the reference rows are stored unless the pairs'
+            rows (the fit without ``reference``) put an item of the query's label first
+            significantly more often (one-sided 95% bound) for the reference queries, searching a
+            draw of the gallery in its served composition of backfilled and not-yet-backfilled
+            items; the report's ``reference`` entry gives both first-hit rates, both APs and the choice.
         """
         self._writable()
         v = self._lookup(version)
         old = self._lookup(against if against is not None else v.parent, param="against")
         if old.name == v.name:
             raise InvalidInputError(f"`against` must be another version than {v.name!r}")
+        served = self._reference_sample(v, old, reference, limit, seed) if reference is not None else None
         # a draw of the version's items (bounded: memory follows `limit`, not the gallery), of which
         # those that also hold `against` are the pairs
         both = self.backend.sample(v, 4 * limit, np.random.default_rng(seed))
@@ -797,11 +818,50 @@ class Index:
             pick = np.sort(np.random.default_rng(seed).choice(pick, size=limit, replace=False))
         ids_l = [both.ids[i] for i in pick.tolist()]
         G = self.get_vectors(ids_l, version=old.name)
-        return self._fit_and_store(v, old, both.vectors[pick], G, labels=None, fusion=False, query_map=query_map)
+        return self._fit_and_store(v, old, both.vectors[pick], G, labels=None, fusion=False, query_map=query_map,
+                                   served=served)
+
+    def _reference_sample(self, v: Version, old: Version, reference: Any, limit: int, seed: int) -> dict[str, Any]:
+        """Check ``calibrate``'s ``reference`` and draw the populations each calibration will score."""
+        if not (isinstance(reference, (tuple, list)) and len(reference) == 2):
+            raise InvalidInputError(f"`reference` must be (ids, vectors); got {type(reference).__name__}"
+                                    + (f" of length {len(reference)}" if isinstance(reference, (tuple, list)) else ""))
+        Zr = self._prepare(reference[1], v, raw=False, param="reference[1]")
+        ids_r, _ = as_ids(reference[0], n=len(Zr), param="reference[0]")
+        if len(ids_r) < 3:
+            raise InvalidInputError(f"`reference` holds {len(ids_r)} items; at least 3 are needed")
+        known = self.backend.known(ids_r)
+        if not known.all():
+            raise InvalidInputError(f"`reference[0]`: {int((~known).sum())} id(s) are not in the index, "
+                                    f"e.g. {ids_r[int(np.flatnonzero(~known)[0])]!r}")
+        lab_r = self.backend.labels(ids_r)
+        if any(x is None for x in lab_r):
+            bad = next(i for i, x in zip(ids_r, lab_r) if x is None)
+            raise InvalidInputError(f"`reference`: item {bad!r} has no label; a reference calibration uses the "
+                                    "stored labels as relevance")
+        rng = np.random.default_rng(seed + 1)
+        gal_v = self.backend.sample(v, limit, rng)
+        drawn = self.backend.sample(old, 4 * limit, rng)
+        _, has_v = self.backend.vectors(v, list(drawn.ids))
+        rest = np.flatnonzero(~has_v)[:limit]
+        gal_old = ItemBatch([drawn.ids[i] for i in rest.tolist()], drawn.vectors[rest],
+                            [drawn.labels[i] for i in rest.tolist()], old.name)
+        for name, g in (("the version's", gal_v), ("the not-backfilled", gal_old)):
+            if any(x is None for x in g.labels):
+                raise InvalidInputError(f"a reference calibration uses the stored labels as relevance, and "
+                                        f"{sum(x is None for x in g.labels)} of {name} drawn items have none")
+        G_r, held_r = self.backend.vectors(old, ids_r)
+        # the served composition: items holding `version` against items of `against` not backfilled yet
+        counts = self.backend.stats()["versions"]
+        share_v = float(has_v.mean()) if len(has_v) else 0.0
+        sizes = {v.name: int(counts[v.name]["vectors"]), old.name: int(round(counts[old.name]["vectors"] * (1 - share_v)))}
+        return {"ids": ids_r, "labels": lab_r, "Z": Zr, "G_old": G_r[held_r], "held_old": held_r,
+                "gallery": {v.name: gal_v, old.name: gal_old}, "sizes": sizes}
 
     def _fit_and_store(self, v: Version, old: Version, Z: np.ndarray, G: np.ndarray, *, labels: list[Any] | None,
                        fusion: bool, query_map: bool = True,
-                       distractors: tuple[np.ndarray, list[Any]] | None = None) -> dict[str, Any]:
+                       distractors: tuple[np.ndarray, list[Any]] | None = None,
+                       served: dict[str, Any] | None = None) -> dict[str, Any]:
         vs = self._versions
         Z = np.asarray(Z, dtype=np.float64)
         G = np.asarray(G, dtype=np.float64)
@@ -830,6 +890,13 @@ class Index:
         mapped = fit_mapped_calibration(vs, old.name, v.name, G, Z, (base["a"], base["b"]), maps)
         if mapped is not None:
             fits[f"{old.name}->{v.name}"] = mapped
+        chosen = None
+        if served is not None:
+            # per query version, the reference rows or the pairs' rows, whichever ranks the reference
+            # queries' labels better in the served mix (a population with fewer than 3 items, or fewer
+            # than 3 reference items holding `against`, keeps the pairs' rows)
+            chosen = choose_calibration(vs, v.name, old.name, served, fits,
+                                        reference_fits(vs, v.name, old.name, served, maps), maps)
         rows = [(i, u, fits[f"{i}->{u}"]["a"], fits[f"{i}->{u}"]["b"])
                 for i in (v.name, old.name) for u in (v.name, old.name)]
         fresh = {(i, u) for i, u, _, _ in rows}
@@ -843,7 +910,10 @@ class Index:
                                distractor_labels=None if distractors is None else distractors[1])
         self.set_serving(v.name, calibration=calibration,
                          fusion=None if fused is None else fused["fusion"], query_maps=new_maps)
-        return {"calibration": fits, "fusion": fused, "query_map": map_fit}
+        out = {"calibration": fits, "fusion": fused, "query_map": map_fit}
+        if chosen is not None:
+            out["reference"] = chosen
+        return out
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _maintenance(self, name: str) -> Any:

@@ -146,6 +146,75 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndar
             "fallback": bool(fallback)}
 
 
+def fit_served_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndarray, Gu: np.ndarray,
+                           rel: np.ndarray, same: np.ndarray, *,
+                           query_maps: QueryMaps | None = None) -> dict[str, Any]:
+    """Fit ``(a, b)`` for (query version ``i``, gallery version ``u``) on the items it will score.
+
+    :func:`fit_calibration` fits every pair of versions on the same items, those holding both. In a
+    backfill those items are not a random draw (an uncertainty order backfills the hard ones first),
+    so their scores say little about how the not-yet-backfilled items score. Here the queries are
+    items drawn from the whole gallery, and the gallery side of each pair is a draw of the items that
+    pair will actually score: the ``u`` vectors of items that hold ``u`` (for the old version: those
+    not backfilled yet). docs/concepts.md ("Calibrating from a reference sample") gives the measurements.
+
+    Parameters
+    ----------
+    Qi:
+        ``(nq, d_i)`` query vectors of version ``i`` (as stored).
+    Gu:
+        ``(ng, d_u)`` gallery vectors of version ``u`` (as stored).
+    rel:
+        ``(nq, ng)`` bool relevance (the same label).
+    same:
+        ``(nq, ng)`` bool: the query and the gallery item are the same item (left out of the fit).
+
+    Returns
+    -------
+    dict
+        As :func:`fit_calibration`, with ``gallery`` (``ng``) added.
+    """
+    Qi = np.asarray(Qi, dtype=np.float64)
+    Gu = np.asarray(Gu, dtype=np.float64)
+    if Qi.ndim != 2 or Gu.ndim != 2 or Qi.shape[1] != versions[i].dim or Gu.shape[1] != versions[u].dim:
+        raise InvalidInputError(f"queries must be (nq, {versions[i].dim}) and gallery (ng, {versions[u].dim}) vectors; "
+                                f"got {Qi.shape} and {Gu.shape}")
+    if rel.shape != (len(Qi), len(Gu)) or same.shape != rel.shape:
+        raise InvalidInputError(f"relevance must be ({len(Qi)}, {len(Gu)}); got {rel.shape} and {same.shape}")
+    S = _project(versions, Qi, i, u, query_maps) @ Gu.T
+    keep = ~same
+    a, b, ok = _logistic(S[keep], rel[keep].astype(np.float64))
+    fallback = not (ok and np.isfinite(a) and np.isfinite(b) and a > 1e-9)
+    if fallback:
+        a, b = 1.0, 0.0
+    return {"a": float(a), "b": float(b), "queries": int(len(Qi)), "gallery": int(len(Gu)),
+            "positives": int(rel[keep].sum()), "fallback": bool(fallback)}
+
+
+def served_retrieval(versions: Mapping[str, Version], i: str, Q: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                     galleries: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+                     calibration: Mapping[str, tuple[float, float]], *,
+                     query_maps: QueryMaps | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: is the first hit of the query's label, and the average precision of its label.
+
+    The gallery is the concatenation of ``galleries``, ``(u, (n_u, d_u) vectors, (n_u,) labels,
+    (n_u,) ids)``, each scored as the calibrated search scores version ``u``'s vectors:
+    ``a_u * <pi_iu(q), g> + b_u`` with ``calibration[u] = (a_u, b_u)``. A query's own item is
+    left out. ``Q`` is ``(nq, d_i)``, ``labels`` and ``ids`` ``(nq,)``; returns two ``(nq,)`` arrays.
+    """
+    S_parts, R_parts = [], []
+    for u, G, lg, ig in galleries:
+        a, b = calibration[u]
+        S = a * (_project(versions, np.asarray(Q), i, u, query_maps) @ np.asarray(G, dtype=np.float64).T) + b
+        same = ids[:, None] == ig[None, :]
+        S[same] = -np.inf
+        R_parts.append((labels[:, None] == lg[None, :]) & ~same)
+        S_parts.append(S)
+    S, R = np.hstack(S_parts), np.hstack(R_parts)
+    first = R[np.arange(len(S)), np.argmax(S, axis=1)].astype(np.float64)
+    return first, _average_precision(S, R)
+
+
 def fit_mapped_calibration(versions: Mapping[str, Version], a: str, u: str, Ga: np.ndarray, Gu: np.ndarray,
                            base: tuple[float, float], query_maps: QueryMaps) -> dict[str, Any] | None:
     """Calibrate the mapped scores of (ancestor ``a``, version ``u``) onto the scale of (``a``, ``a``).
@@ -309,7 +378,7 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
     # evaluation queries); with no gain established, the old-only weights are stored and a query
     # given in both versions searches exactly as the old query alone.
     gains = {w: (float((ap[w] - ap[0.0]).mean()), float((p1[w] - p1[0.0]).mean())) for w in ap}
-    lower = {w: (_lower_bound(ap[w] - ap[0.0]), _lower_bound(p1[w] - p1[0.0])) for w in ap}
+    lower = {w: (lower_bound(ap[w] - ap[0.0]), lower_bound(p1[w] - p1[0.0])) for w in ap}
     objective = {w: min(g) for w, g in gains.items()}
     bound = {w: min(b) if w != 0.0 else 0.0 for w, b in lower.items()}
     top_w = max(bound, key=lambda w: (round(bound[w], 12), round(objective[w], 12), -w))
@@ -322,7 +391,7 @@ def fit_fusion(versions: Mapping[str, Version], new: str, old: str, Z_new: np.nd
             "best_weight": top_w, "gallery": int(n + len(D)), "ap_gallery": int(n + n_ap)}
 
 
-def _lower_bound(d: np.ndarray, z: float = 1.645) -> float:
+def lower_bound(d: np.ndarray, z: float = 1.645) -> float:
     """One-sided lower confidence bound of the mean of per-query gains ``d`` (``z`` standard errors)."""
     d = np.asarray(d, dtype=np.float64)
     if d.size < 2:

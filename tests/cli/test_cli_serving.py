@@ -92,6 +92,49 @@ def test_bad_multi_version_searches_are_one_line_errors(served, args, match):
     assert snapshot(path) == before
 
 
+def test_calibrate_with_a_reference_sample(tmp_path):
+    """`--reference VECTORS --reference-ids IDS`: every row fit from the reference (as the library's
+    `calibrate(reference=...)`); one without the other, or a wrong dim, is refused and changes nothing."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 200)
+    C = rng.standard_normal((4, 24))
+    Z = C[y] + 0.8 * rng.standard_normal((200, 24))
+    Z = (Z / np.linalg.norm(Z, axis=1, keepdims=True)).astype(np.float32)
+    X = Z[:, :16] + 0.3 * rng.standard_normal((200, 16)).astype(np.float32)
+    path = tmp_path / "ix"
+    with compatindex.open(path) as ix:
+        ix.create_version("v1", dim=16)
+        ix.add(list(range(200)), X, version="v1", labels=y.tolist())
+        ix.register_version("v2", "v1", 24)
+        ix.backfill(list(range(80)), Z[:80], version="v2", raw=False)
+    ref = np.sort(rng.choice(200, 50, replace=False))
+    np.save(tmp_path / "ref.npy", Z[ref])
+    np.save(tmp_path / "ref_ids.npy", ref.astype(np.int64))
+    np.save(tmp_path / "bad.npy", Z[ref][:, :5])
+    cli = Cli()
+    before = snapshot(path)
+    cli.fails("calibrate", path, "--version", "v2", "--reference", tmp_path / "ref.npy",
+              match="--reference and --reference-ids go together")
+    cli.fails("calibrate", path, "--version", "v2", "--reference", tmp_path / "bad.npy",
+              "--reference-ids", tmp_path / "ref_ids.npy", match="dim 24")
+    assert snapshot(path) == before
+    with compatindex.open(path, readonly=True, create=False) as ix:
+        assert not (ix.version("v2").serving or {}).get("calibration")
+    out = json.loads(cli("calibrate", path, "--version", "v2", "--reference", tmp_path / "ref.npy",
+                         "--reference-ids", tmp_path / "ref_ids.npy", "--json").stdout)
+    assert set(out["reference"]) == {"v1", "v2"}
+    for pair, fit in out["calibration"].items():
+        assert (fit.get("method") == "reference") == (out["reference"][pair.split("->")[0]]["chosen"] == "reference")
+    assert out["reference"]["v2"]["chosen"] == "reference"  # this planted set: the reference fit ranks better
+    assert out["calibration"]["v2->v2"]["queries"] == 50 and out["calibration"]["v2->v2"]["gallery"] == 80
+    with compatindex.open(path) as ix:
+        lib = ix.calibrate("v2", reference=(ref.tolist(), Z[ref]))["calibration"]
+        stored = {(i, u): (a, b) for i, u, a, b in ix.version("v2").serving["calibration"]}
+    for pair, fit in lib.items():
+        i, u = pair.split("->")
+        assert out["calibration"][pair]["a"] == pytest.approx(fit["a"]) and stored[(i, u)] == pytest.approx((fit["a"], fit["b"]))
+
+
 def test_calibrate_without_pairs_is_refused(tmp_path):
     path = tmp_path / "ix"
     with compatindex.open(path) as ix:
