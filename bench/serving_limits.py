@@ -167,7 +167,7 @@ def run() -> dict[str, Any]:
              "labels_backfilled_queries": "labels, backfilled items as queries, served populations",
              "labels_unbiased_queries": "labels, random gallery items as queries, served populations "
                                         "(what `calibrate(reference=...)` fits)",
-             "old_neighbours_unbiased_queries": "old model's top-50, random queries, served populations (oracle)"}
+             "old_neighbours_unbiased_queries": "old model's top-50, random queries, served populations"}
     for key in names:
         refit[key] = {}
         for o in orders:
