@@ -526,6 +526,15 @@ class Ids(list):
         self.base = base
 
 
+def read_all(source: VectorSource) -> np.ndarray:
+    """Every row of a vector source, each batch checked for NaN/inf (the error names the file and row)."""
+    parts = []
+    for start, x in source.batches(65_536):
+        source.check_finite(x, start)
+        parts.append(x)
+    return np.concatenate(parts) if parts else np.zeros((0, source.dim), np.float32)
+
+
 def read_ids(
     spec: str,
     *,

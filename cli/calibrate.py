@@ -30,9 +30,8 @@ from ._common import (
     say,
     to_jsonable,
 )
-from ._io import check_unique, open_vectors, read_ids
+from ._io import check_unique, open_vectors, read_all, read_ids
 from .add import check_length
-from .upgrade import _read_all
 
 EXAMPLES = """\b
 Examples:
@@ -79,7 +78,7 @@ def calibrate(
             source = open_vectors(reference, param="--reference")
             keys = read_ids(reference_ids, param="--reference-ids", source=source)
             check_length(keys, source.n, param="--reference-ids", spec=reference_ids, vectors=reference)
-            ref = (keys, _read_all(source))
+            ref = (keys, read_all(source))
         ix = open_index(index, lock_timeout=lock_timeout)
         with ix:
             version = resolve_version(ix, version).name

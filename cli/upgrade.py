@@ -27,7 +27,7 @@ from ._common import (
     resolve_ids,
     say,
 )
-from ._io import check_unique, open_vectors, read_ids
+from ._io import check_unique, open_vectors, read_all, read_ids
 from .add import ColumnOpt, check_length
 
 EXAMPLES = """\b
@@ -137,15 +137,6 @@ def render_report(report: dict[str, Any]) -> None:
             con.print(f"  - {r}")
 
 
-def _read_all(source: Any) -> np.ndarray:
-    """Every row of a vector source, each batch checked for NaN/inf (the error names the file and row)."""
-    parts = []
-    for start, x in source.batches(65_536):
-        source.check_finite(x, start)
-        parts.append(x)
-    return np.concatenate(parts) if parts else np.zeros((0, source.dim), np.float32)
-
-
 def upgrade(
     index: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.", show_default=False)],
     vectors: Annotated[Path, typer.Argument(
@@ -196,11 +187,11 @@ def upgrade(
         keys = read_ids(ids, param="--ids", source=source)
         check_length(keys, source.n, param="--ids", spec=ids, vectors=vectors)
         check_unique(keys, what=f"--ids '{ids}'")
-        X = _read_all(source)
+        X = read_all(source)
         extra: tuple[np.ndarray, np.ndarray] | None = None
         if extra_pairs is not None:
-            extra = (_read_all(open_vectors(extra_pairs[0], param="--extra-pairs NEW")),
-                     _read_all(open_vectors(extra_pairs[1], param="--extra-pairs OLD")))
+            extra = (read_all(open_vectors(extra_pairs[0], param="--extra-pairs NEW")),
+                     read_all(open_vectors(extra_pairs[1], param="--extra-pairs OLD")))
         from compatindex.trainer import upgrade as run_upgrade  # torch loads only for this command
 
         ix = open_index(index, lock_timeout=lock_timeout)

@@ -135,15 +135,10 @@ def fit_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndar
         identity was kept.
     """
     Qi, Gu = _check_pairs(Qi, Gu, versions[i].dim, versions[u].dim)
-    n = len(Qi)
-    S = _project(versions, Qi, i, u, query_maps) @ Gu.T    # (n, n) the queries of version i against version u's vectors
-    off = ~np.eye(n, dtype=bool)
-    a, b, ok = _logistic(S[off], rel[off].astype(np.float64))
-    fallback = not (ok and np.isfinite(a) and np.isfinite(b) and a > 1e-9)
-    if fallback:
-        a, b = 1.0, 0.0
-    return {"a": float(a), "b": float(b), "queries": int(n), "positives": int(rel[off].sum()),
-            "fallback": bool(fallback)}
+    # the same items on both sides: each query leaves out its own item
+    fit = fit_served_calibration(versions, i, u, Qi, Gu, rel, np.eye(len(Qi), dtype=bool), query_maps=query_maps)
+    fit.pop("gallery")
+    return fit
 
 
 def fit_served_calibration(versions: Mapping[str, Version], i: str, u: str, Qi: np.ndarray, Gu: np.ndarray,

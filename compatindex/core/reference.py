@@ -28,20 +28,25 @@ def _queries(new: str, old: str, served: Mapping[str, Any]) -> dict[str, tuple[n
     return {new: (served["Z"], lab, ids), old: (served["G_old"], lab[held], ids[held])}
 
 
+def _galleries(served: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{gallery version: (vectors, labels as str, ids)}``: the drawn population each version scores."""
+    return {u: (g.vectors, np.asarray([str(x) for x in g.labels]), np.asarray(g.ids, dtype=object))
+            for u, g in served["gallery"].items()}
+
+
 def reference_fits(versions: Mapping[str, Version], new: str, old: str, served: Mapping[str, Any],
                    maps: QueryMaps | None) -> dict[str, dict[str, Any]]:
     """The reference calibration rows by ``"query->gallery"``: labels as relevance, each pair fit
     on the population it scores (a side with fewer than 3 items has no row)."""
     fits: dict[str, dict[str, Any]] = {}
+    galleries = _galleries(served)
     for i, (Q, lq, iq) in _queries(new, old, served).items():
         if len(Q) < 3:
             continue
-        for u, g in served["gallery"].items():
-            if len(g) < 3:
+        for u, (G, lg, ig) in galleries.items():
+            if len(G) < 3:
                 continue
-            lg = np.asarray([str(x) for x in g.labels])
-            ig = np.asarray(g.ids, dtype=object)
-            fits[f"{i}->{u}"] = {**fit_served_calibration(versions, i, u, Q, g.vectors, lq[:, None] == lg[None, :],
+            fits[f"{i}->{u}"] = {**fit_served_calibration(versions, i, u, Q, G, lq[:, None] == lg[None, :],
                                                           iq[:, None] == ig[None, :], query_maps=maps),
                                  "method": "reference"}
     return fits
@@ -59,16 +64,15 @@ def choose_calibration(versions: Mapping[str, Version], new: str, old: str, serv
     and can disagree (measured on Fashion-MNIST's uncertainty order at p = 0.1: the pairs' rows gain
     15 points of first hits and lose 1.6 of AP). ``fits`` is updated in place; returns the report.
     """
-    gal = served["gallery"]
+    gal = _galleries(served)
     tot = sum(served["sizes"].values())
     share = {u: served["sizes"][u] / tot if tot else 0.0 for u in gal}
-    m = min((len(gal[u]) / share[u] for u in gal if share[u] > 0), default=0.0)
+    m = min((len(gal[u][0]) / share[u] for u in gal if share[u] > 0), default=0.0)
     parts = []
-    for u, g in gal.items():
-        k = min(len(g), int(round(m * share[u])))
+    for u, (G, lg, ig) in gal.items():
+        k = min(len(G), int(round(m * share[u])))
         if k:
-            parts.append((u, g.vectors[:k], np.asarray([str(x) for x in g.labels[:k]]),
-                          np.asarray(g.ids[:k], dtype=object)))
+            parts.append((u, G[:k], lg[:k], ig[:k]))
     out: dict[str, Any] = {}
     for i, (Q, lq, iq) in _queries(new, old, served).items():
         rows = {"pairs": {u: fits.get(f"{i}->{u}") for u in gal}, "reference": {u: ref.get(f"{i}->{u}") for u in gal}}
