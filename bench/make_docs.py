@@ -365,7 +365,7 @@ def main() -> Path:
                                     f"AUC {'met' if g['auc_met'] else 'missed'} ({g['auc']:.4f} vs {g['best_other_auc']:.4f})"])
                 elif key.startswith("old_client_"):
                     summary.append([f"Old clients during a drop_old backfill ({key[len('old_client_'):]}): within 0.5 of "
-                                    "old/old", f"{'met' if g['met'] else 'missed'} (worst {g['worst_below_old_old_points']:.1f} pts below)"])
+                                    "old/old", f"{'met' if g['met'] else 'missed'} (worst {g['worst_below_old_old_points']:.2f} pts below)"])
             limits_p = RESULTS / "serving-limits.json"
             if limits_p.exists() and not quick:
                 from .serving_limits import markdown as limits_markdown

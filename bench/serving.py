@@ -19,7 +19,9 @@ searched as ``{new: q_new, v1: q_old}``. This scenario measures, side by side in
 - the old-client curve: v1 queries while the gallery is backfilled with ``drop_old`` (the
   backfilled items keep only their new vector), under ``renorm`` and ``calibrated``, served with
   the query map v1 -> oca that ``fit_serving`` (query pairs) and ``calibrate`` (backfilled items)
-  fit, and beside it without a map (the algebra's projection, calibrated on its own scores).
+  fit, and beside it without a map (the algebra's projection, calibrated on its own scores); and
+  the same backfill with ``keep_pairs=32768``: a uniform sample of the dropped items keeps both
+  vectors, and old clients are served the neighbour map of those pairs (core/neighbour_map.py).
 
 top-1/top-5 come from ``Index.search`` hits; mAP from a brute force of the same scores over the
 whole gallery (day one: the composed query of the v1 shard against every stored v1 vector).
@@ -43,6 +45,10 @@ REFERENCE = "calibrated (reference)"
 """The backfill curve calibrated by ``Index.calibrate(reference=...)`` (labels, a random reference sample)."""
 CURVES = (*SCORES, REFERENCE)
 CURVE_SCORE = {REFERENCE: "calibrated"}
+KEEP_PAIRS = 32768
+"""``backfill(..., drop_old=True, keep_pairs=KEEP_PAIRS)`` of the retained-pairs old-client curves
+(``compatindex.core.neighbour_map.CAPACITY``)."""
+RETAINED = f" (retained pairs, keep_pairs={KEEP_PAIRS})"
 
 
 def _hits(index: Any, queries: Any, k: int, *, version: str | None = None, score: str = "renorm",
@@ -203,26 +209,20 @@ def run(quick: bool = False) -> dict[str, Any]:
     # map v1 -> oca that fit_serving / calibrate fit and stored, and beside it without one (the
     # algebra's projection, calibrated on its own scores): the two serving states are swapped in
     # on the same index at every p
-    ix = fresh_index("serving-oldclient", s)
-    ix.create_version("v1", dim=D_OLD)
-    ix.add(ids, G_old, labels=yg)
-    ix.register_version("oca", "v1", D_OLD + DELTA)
-    ix.fit_serving("oca", oca["query"][fit_q], old_vectors=old["query"][fit_q], query_map=False)
+    ix = _old_client_index("serving-oldclient", s, ids, G_old, yg, oca["query"][fit_q], old["query"][fit_q],
+                           query_map=False)
     states = {"no_map": _serving_state(ix, "oca")}
     map_fits: dict[str, Any] = {}
     fit = ix.fit_serving("oca", oca["query"][fit_q], old_vectors=old["query"][fit_q])
     map_fits["fit_serving (query pairs)"] = fit["query_map"]
     states["map"] = _serving_state(ix, "oca")
     order = orders["random"]
-    done = 0
     labels_of = {"map": "", "no_map": " (no query map)"}
     old_client: dict[str, list[dict[str, float]]] = {f"{sc}{labels_of[st]}": [] for st in states
                                                      for sc in ("renorm", "calibrated")}
-    for p in ps:
-        upto = int(round(p * ng))
-        if upto > done:
-            sel = order[done:upto]
-            if done == 0 and upto < ng:
+    for p, sel, first in _drop_steps(ps, order):
+        if sel is not None:
+            if first:
                 # keep the calibration pairs: calibrate from the items' vectors before they are dropped
                 ix.backfill(sel, oca["gallery"][sel], version="oca")
                 _set_state(ix, "oca", states["no_map"])
@@ -231,19 +231,33 @@ def run(quick: bool = False) -> dict[str, Any]:
                 _set_state(ix, "oca", states["map"])
                 map_fits["calibrate (backfilled items)"] = ix.calibrate("oca")["query_map"]
                 states["map"] = _serving_state(ix, "oca")
-                ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
-            else:
-                ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
-            done = upto
+            ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True)
         for st, state in states.items():
             _set_state(ix, "oca", state)
             for sc in ("renorm", "calibrated"):
-                hits, _ = _hits(ix, old["query"][eval_q], 5, version="v1", score=sc)
-                c = cmc_from_hits(yg[hits], yq)
-                c["p"] = float(p)
-                old_client[f"{sc}{labels_of[st]}"].append(c)
+                old_client[f"{sc}{labels_of[st]}"].append(_old_client_point(ix, old["query"][eval_q], sc, yg, yq, p))
         log(f"old client p={p:.2f}: " + ", ".join(f"{k} {v[-1]['top1']:.3f}" for k, v in old_client.items()))
     _set_state(ix, "oca", states["map"])
+    ix.close()
+    # the same backfill with `keep_pairs`: a uniform sample of the dropped items keeps both vectors,
+    # and old clients are served the neighbour map of those pairs once its gate passes
+    ix = _old_client_index("serving-oldclient-retained", s, ids, G_old, yg, oca["query"][fit_q], old["query"][fit_q])
+    retained: list[dict[str, Any]] = []
+    for sc in ("renorm", "calibrated"):
+        old_client[f"{sc}{RETAINED}"] = []
+    for p, sel, first in _drop_steps(ps, order):
+        if sel is not None:
+            if first:
+                ix.backfill(sel, oca["gallery"][sel], version="oca")
+                ix.calibrate("oca")  # as above: the first batch's pairs fit the linear map and calibration
+            ix.backfill(sel, oca["gallery"][sel], version="oca", drop_old=True, keep_pairs=KEEP_PAIRS)
+        entry = ((ix.version("oca").serving or {}).get("pairs") or {}).get("v1") or {}
+        retained.append({"p": float(p), "pairs": len(entry.get("ids") or []), "k": entry.get("k"),
+                         "v1_vectors": int(ix.stats()["versions"]["v1"]["vectors"]), "fit": entry.get("fit")})
+        for sc in ("renorm", "calibrated"):
+            old_client[f"{sc}{RETAINED}"].append(_old_client_point(ix, old["query"][eval_q], sc, yg, yq, p))
+        log(f"old client, retained pairs p={p:.2f}: pairs {retained[-1]['pairs']}, k {retained[-1]['k']}: "
+            + ", ".join(f"{sc} {old_client[sc + RETAINED][-1]['top1']:.3f}" for sc in ("renorm", "calibrated")))
     ix.close()
 
     auc = {f"{o}/{sc}": float(np.trapezoid([d["top1"] for d in lst], [d["p"] for d in lst]))
@@ -265,12 +279,45 @@ def run(quick: bool = False) -> dict[str, Any]:
            "setup": {"n_gallery": ng, "n_query": len(yq), "n_query_mAP": n_map, "pairs_fraction": 0.1,
                      "serving_fit_queries": int(n_fit), "eval_queries": int(len(eval_q)), "gallery_fit_fraction": 0.05, "p": ps, "orders": list(orders)},
            "old_old": oo, "day_one": day_one, "curves": curves, "old_client": old_client,
-           "old_client_query_map": {k: _map_fit_summary(f) for k, f in map_fits.items()}, "auc_top1": auc,
+           "old_client_query_map": {k: _map_fit_summary(f) for k, f in map_fits.items()},
+           "old_client_retained": retained, "auc_top1": auc,
            "goals": goals}
     res["seconds"] = T()
     res["plot"] = plot(res, quick)
     write_result("serving", res, markdown(res), quick=quick)
     return res
+
+
+def _drop_steps(ps: np.ndarray, order: np.ndarray) -> Any:
+    """``(p, ids to backfill now or None, first)`` per backfill point: ``first`` marks the first
+    batch of a partial backfill, whose pairs calibrate before their old vectors are dropped."""
+    done, n = 0, len(order)
+    for p in ps:
+        upto = int(round(p * n))
+        if upto > done:
+            yield p, order[done:upto], done == 0 and upto < n
+            done = upto
+        else:
+            yield p, None, False
+
+
+def _old_client_index(name: str, s: Any, ids: np.ndarray, G_old: np.ndarray, yg: np.ndarray, new_q: np.ndarray,
+                      old_q: np.ndarray, **fit: Any) -> Any:
+    """A fresh index of the v1 gallery with oca registered and its serving fit on the query pairs."""
+    ix = fresh_index(name, s)
+    ix.create_version("v1", dim=D_OLD)
+    ix.add(ids, G_old, labels=yg)
+    ix.register_version("oca", "v1", D_OLD + DELTA)
+    ix.fit_serving("oca", new_q, old_vectors=old_q, **fit)
+    return ix
+
+
+def _old_client_point(ix: Any, queries: np.ndarray, score: str, yg: np.ndarray, yq: np.ndarray, p: float) -> dict[str, float]:
+    """CMC of v1 queries (top-5 hits) at backfill point ``p``."""
+    hits, _ = _hits(ix, queries, 5, version="v1", score=score)
+    c = cmc_from_hits(yg[hits], yq)
+    c["p"] = float(p)
+    return c
 
 
 def _serving_state(index: Any, version: str) -> dict[str, Any]:
@@ -352,13 +399,22 @@ def markdown(r: dict[str, Any]) -> str:
     oc_rows = [[f"{d['p']:g}", fmt(oo["top1"])] + [fmt(oc[k][j]["top1"]) for k in keys]
                for j, d in enumerate(oc[keys[0]])]
     out += ["\nOld client (v1 queries, gallery backfilled in random order with `drop_old`), top-1; "
-            "the query map v1 -> oca is the one `fit_serving`/`calibrate` stored:\n",
+            "the query map v1 -> oca is the one `fit_serving`/`calibrate` stored; the retained-pairs columns "
+            "backfill with `keep_pairs`:\n",
             md_table(["p", "old/old"] + keys, oc_rows)]
     map_rows = [[k, str(f.get("stored")), f"{(f.get('mapped') or {}).get('MRR', float('nan')):.4f}",
                  f"{(f.get('projection') or {}).get('MRR', float('nan')):.4f}",
                  f"{(f.get('mapped') or {}).get('R@1', float('nan')):.4f}",
                  f"{(f.get('projection') or {}).get('R@1', float('nan')):.4f}", str(f.get("reason"))]
                 for k, f in (r.get("old_client_query_map") or {}).items() if f]
+    ret = r.get("old_client_retained") or []
+    if ret:
+        out += ["\nRetained pairs of the `keep_pairs` curves (the neighbour map's `k` as its gate chose it at "
+                "each point; None: not served):\n",
+                md_table(["p", "pairs retained", "v1 vectors stored", "k", "MRR neighbours", "MRR baseline"],
+                         [[f"{d['p']:g}", str(d["pairs"]), str(d["v1_vectors"]), str(d["k"]),
+                           f"{(d.get('fit') or {}).get('neighbours_MRR', float('nan')):.4f}",
+                           f"{(d.get('fit') or {}).get('baseline_MRR', float('nan')):.4f}"] for d in ret])]
     if map_rows:
         out += ["\nQuery map fits (held-out pairs: each old vector must rank its own new vector first):\n",
                 md_table(["fit", "stored", "MRR mapped", "MRR projection", "R@1 mapped", "R@1 projection", "reason"],

@@ -334,7 +334,9 @@ def reading(r: dict[str, Any]) -> str:
             "order, and without labels (the old model's neighbourhoods) "
             f"{mean['old_neighbours_unbiased_queries']['random']:.2f} in random order. For old clients, the query "
             f"map reaches old/old minus 0.5 ({need:.1f}) as follows: {reach}. The maps that reach it need tens of "
-            "thousands of pairs with their old vectors, which a `drop_old` backfill deletes as it goes.\n")
+            "thousands of pairs with their old vectors, which a `drop_old` backfill deletes as it goes, unless "
+            "it keeps a sample of them (`keep_pairs`): scenario 7's retained-pairs curves serve old clients the "
+            "k-nearest-pairs map of that sample.\n")
 
 
 def main(argv: list[str] | None = None) -> int:

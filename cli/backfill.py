@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -56,6 +56,11 @@ def backfill(
     drop_old: Annotated[
         bool, typer.Option("--drop-old", help="Remove these items' vectors of every other version.")
     ] = False,
+    keep_pairs: Annotated[
+        int, typer.Option("--keep-pairs", min=0, metavar="N",
+                          help="With --drop-old: keep both vectors of a uniform sample of at most N dropped items, "
+                               "to serve old clients (docs/serving.md, \"Old clients\"); 0 keeps none.")
+    ] = 0,
     column: ColumnOpt = None,
     batch_size: BatchSize = DEFAULT_BATCH,
     lock_timeout: LockTimeout = 0.0,
@@ -90,15 +95,28 @@ def backfill(
                 with progress(f"backfilling {ver.name}", n, quiet=quiet) as advance:
                     for start, x in source.batches(batch_size):
                         stop = start + len(x)
-                        ix.backfill(keys[start:stop], x, version=ver.name, raw=raw, drop_old=drop_old)
+                        ix.backfill(keys[start:stop], x, version=ver.name, raw=raw, drop_old=drop_old,
+                                    keep_pairs=keep_pairs)
                         done = stop
                         advance(len(x))
             except Exception as exc:
                 if done:
                     raise CliError(f"{exc}; the first {done} of {n} items were backfilled before the failure") from None
                 raise
+            kept = _retained(ix, ver.name) if drop_old and keep_pairs else None
         if json_out:
-            say(dumps({"backfilled": n, "version": ver.name, "drop_old": drop_old}))
+            say(dumps({"backfilled": n, "version": ver.name, "drop_old": drop_old,
+                       **({"retained_pairs": kept} if kept is not None else {})}))
         else:
             extra = " and dropped their vectors of other versions" if drop_old else ""
+            if kept is not None:
+                extra += "; retained pairs " + (", ".join(f"{a}: {d['pairs']} (k={d['k']})" for a, d in kept.items())
+                                                 or "none")
             say(f"backfilled {n} items with version '{ver.name}' vectors{extra}")
+
+
+def _retained(ix: Any, version: str) -> dict[str, Any]:
+    """``{ancestor: {"pairs", "seen", "capacity", "k", "fit"}}`` of the pairs retained with ``version``."""
+    from compatindex.core.neighbour_map import summary
+
+    return {str(a): summary(e) for a, e in ((ix.version(version).serving or {}).get("pairs") or {}).items()}

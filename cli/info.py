@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from .versions import serving_summary
+from .versions import serving_shown, serving_summary
 from ._common import IndexArg, Json, Quiet, cli_errors, dumps, is_url, open_index, to_jsonable
 
 EXAMPLES = """\b
@@ -66,7 +66,7 @@ def info(
             if isinstance(stats, dict) and isinstance(stats.get("versions"), dict):
                 for v in ix.versions():  # the serving parameters stored with each version
                     if v.name in stats["versions"]:
-                        stats["versions"][v.name]["serving"] = to_jsonable(v.serving or {})
+                        stats["versions"][v.name]["serving"] = to_jsonable(serving_shown(v.serving or {}))
             body: dict[str, Any] = {"index": str(index), "items": int(ix.count),
                                     "latest": ix.latest.name if ix.versions() else None}
         body.update(stats if isinstance(stats, dict) else {"stats": stats})

@@ -83,8 +83,18 @@ def describe(ix: Any, v: Any) -> dict[str, Any]:
         "created_at": created,
         "report": v.report or {},
         "config": v.config or {},
-        "serving": v.serving or {},
+        "serving": serving_shown(v.serving or {}),
     }
+
+
+def serving_shown(serving: dict[str, Any]) -> dict[str, Any]:
+    """The stored serving parameters, with each set of retained pairs as its figures (not its vectors)."""
+    from compatindex.core.neighbour_map import summary
+
+    out = dict(serving)
+    if out.get("pairs"):
+        out["pairs"] = {str(a): summary(e) for a, e in out["pairs"].items()}
+    return out
 
 
 def serving_summary(serving: dict[str, Any]) -> str:
@@ -100,6 +110,11 @@ def serving_summary(serving: dict[str, Any]) -> str:
     if maps:  # {ancestor: {"shape": [d_u, d_a], ...}}: old-version queries carried into this space
         parts.append("query map " + ", ".join(f"{a} ({'x'.join(str(n) for n in (m or {}).get('shape', []))})"
                                               for a, m in maps.items()))
+    pairs = serving.get("pairs")
+    if pairs:  # {ancestor: retained pairs}: old clients served by the neighbour map once k is set
+        parts.append("retained pairs " + ", ".join(
+            f"{a} ({(e or {}).get('pairs', len((e or {}).get('ids') or []))}, k={(e or {}).get('k')})"
+            for a, e in pairs.items()))
     return "; ".join(parts) or "-"
 
 

@@ -22,7 +22,9 @@ from .core.heads import validate_head
 from .core.calibration import fit_calibration, fit_fusion, fit_mapped_calibration, relevance
 from .core.fusion import as_weights, calibration_table, compose, stored_fusion
 from .core.reference import choose_calibration, reference_fits
+from .core.neighbour_map import NeighbourMap
 from .core.query_maps import check_query_map, fit_query_map, fit_summary, pack_map, query_map_table
+from .core.retention import forget, neighbour_row, retain
 from .core.merge import merge_topk
 from .core.records import version_record
 from .core.scoring import Metric, Score, normalize_metric, normalize_score
@@ -258,7 +260,7 @@ class Index:
         return AddResult(len(ids_l), v.name, seq)
 
     def backfill(self, ids: Any, vectors: Any, *, version: str | None = None, raw: bool | None = None,
-                 drop_old: bool = False) -> AddResult:
+                 drop_old: bool = False, keep_pairs: int = 0) -> AddResult:
         """Give existing items a vector of ``version`` (replacing one they hold of it).
 
         Parameters
@@ -276,20 +278,77 @@ class Index:
             not the identity; None means False otherwise.
         drop_old:
             Also remove the items' vectors of every other version.
+        keep_pairs:
+            With ``drop_old``: how many pairs (an ancestor's vector and this version's) of the
+            dropped items are kept per ancestor, a uniform sample of every item dropped so far
+            (reservoir sampling): those items keep their old vector, and a float16 copy of the
+            pairs is stored with the version; 0 (the default) keeps none. The 32768 of
+            ``core.neighbour_map.CAPACITY`` is what docs/benchmarks.md measures. An old client's query
+            (of that ancestor) is then served by the mean new vector of its nearest retained pairs
+            once that beats the linear query map (or the projection) on held-out pairs
+            (docs/serving.md, "Retained pairs"; core/neighbour_map.py). The sample is at most 16 MiB
+            of float16 vectors per ancestor, whatever ``keep_pairs`` says.
         """
         self._writable()
         v = self._resolve(version, call="backfill")
+        if isinstance(keep_pairs, bool) or not isinstance(keep_pairs, (int, np.integer)) or keep_pairs < 0:
+            raise InvalidInputError(f"`keep_pairs` must be an integer >= 0; got {keep_pairs!r}")
         x = self._prepare(vectors, v, raw=self._raw(v, raw, call="backfill"), param="vectors")
         ids_l, kind = as_ids(ids, n=len(x))
         self._live(v, "backfill")
-        seq = self.backend.backfill(v, ids_l, kind, x, drop_old=bool(drop_old))
+        # the ancestors' vectors the drop deletes, read first: a sample of them is kept as pairs
+        dropped = self._dropped_pairs(v, ids_l) if drop_old and keep_pairs > 0 else {}
+        if not dropped:
+            seq = self.backend.backfill(v, ids_l, kind, x, drop_old=bool(drop_old))
+            return AddResult(len(ids_l), v.name, seq)
+        serving: dict[str, Any] = dict(self._versions[v.name].serving or {})
+        before = {a: set(((serving.get("pairs") or {}).get(a) or {}).get("ids") or []) for a in dropped}
+        for a, (Xa, held) in dropped.items():
+            pick = np.flatnonzero(held)
+            serving, _ = retain(self._versions, v.name, a, serving, [ids_l[i] for i in pick.tolist()],
+                                Xa[held], x[pick], capacity=int(keep_pairs))
+        now = {a: set(serving["pairs"][a]["ids"]) for a in dropped}
+        kept = set().union(*now.values())
+        # the retained items keep their old vectors (an old client scores them exactly); the others
+        # lose them. A crash between the writes loses nothing written: at worst a few old vectors
+        # stay that a later drop_old backfill of those items removes.
+        keep_at = [i for i, key in enumerate(ids_l) if key in kept]
+        drop_at = [i for i, key in enumerate(ids_l) if key not in kept]
+        seq = 0
+        for at, drop in ((drop_at, True), (keep_at, False)):
+            if at:
+                seq = self.backend.backfill(v, [ids_l[i] for i in at], kind, x[at], drop_old=drop)
+        self.backend.set_serving(v.name, serving)
+        evicted = sorted(set().union(*before.values()) - kept, key=str)
+        if evicted:  # items a later draw pushed out of the sample lose their old vectors now
+            xe, held = self.backend.vectors(v, evicted)
+            ev = [e for e, h in zip(evicted, held) if h]
+            if ev:
+                self.backend.backfill(v, ev, kind, np.asarray(xe, dtype=np.float32)[held], drop_old=True)
         return AddResult(len(ids_l), v.name, seq)
 
+    def _dropped_pairs(self, v: Version, ids_l: list[Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{ancestor: ((n, d_a) vectors, (n,) held)}`` of the ids, for the ancestors that hold any."""
+        out = {}
+        for a in V.lineage(self._versions, v.name)[:-1]:
+            anc = self._versions[a]
+            if anc.retired:
+                continue
+            Xa, held = self.backend.vectors(anc, ids_l)
+            if held.any():
+                out[a] = (np.asarray(Xa, dtype=np.float32), held)
+        return out
+
     def delete(self, ids: Any) -> int:
-        """Remove items and all their vectors; returns how many were removed."""
+        """Remove items and all their vectors (and any retained pair of theirs); returns how many were removed."""
         self._writable()
         ids_l, kind = as_ids(ids, n=None)
-        return self.backend.delete(ids_l, kind)
+        n = self.backend.delete(ids_l, kind)
+        for v in list(self._versions.values()):
+            serving = forget(v.serving or {}, ids_l)
+            if serving is not None:
+                self.backend.set_serving(v.name, serving)
+        return n
 
     # -- reads -------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, version: str | None = None, score: str = "renorm",
@@ -870,11 +929,14 @@ class Index:
         new_maps: dict[str, Any] | None = None
         if query_map:
             if old.name in V.lineage(vs, v.name):
-                # the map first: the calibration of (old, v) is fit on the scores it serves
-                map_fit = fit_query_map(vs, old.name, v.name, G, Z, stored=maps.get((old.name, v.name)))
+                # the map first: the calibration of (old, v) is fit on the scores it serves (a
+                # neighbour map of retained pairs, where one is served, stays in front of it)
+                linear = query_map_table(vs, neighbours=False)
+                map_fit = fit_query_map(vs, old.name, v.name, G, Z, stored=linear.get((old.name, v.name)))
                 W = map_fit.pop("W")
                 if W is not None:
-                    maps[(old.name, v.name)] = W
+                    if not isinstance(maps.get((old.name, v.name)), NeighbourMap):
+                        maps[(old.name, v.name)] = W
                     new_maps = dict((v.serving or {}).get("query_maps") or {})
                     new_maps[old.name] = pack_map(W, fit_summary(map_fit))
             else:
@@ -887,7 +949,10 @@ class Index:
                 for i in (v.name, old.name) for u in (v.name, old.name)}
         # with a query map, (old, v) goes onto the (old, old) scale through the old scores it predicts
         base = fits[f"{old.name}->{old.name}"]
-        mapped = fit_mapped_calibration(vs, old.name, v.name, G, Z, (base["a"], base["b"]), maps)
+        if isinstance(maps.get((old.name, v.name)), NeighbourMap):
+            mapped: dict[str, Any] | None = neighbour_row((base["a"], base["b"]))
+        else:
+            mapped = fit_mapped_calibration(vs, old.name, v.name, G, Z, (base["a"], base["b"]), maps)
         if mapped is not None:
             fits[f"{old.name}->{v.name}"] = mapped
         chosen = None

@@ -14,6 +14,10 @@ stored only when, on held-out pairs, mapped queries retrieve their own item's ne
 than the projection does (the gate of :func:`fit_query_map`). Every composed shard query stays
 one vector per query, so search costs one extra ``(d_a, d_u)`` matmul per query and nothing else.
 
+Where a ``drop_old`` backfill retained pairs (core/neighbour_map.py) and their gate
+(:func:`fit_neighbour_map`) chose a ``k``, the neighbour map of those pairs is served for the pair
+in place of ``W`` (:func:`query_map_table`).
+
 numpy only (the core imports neither scipy nor torch).
 """
 
@@ -26,10 +30,20 @@ import numpy as np
 from ..errors import InvalidInputError
 from . import versions as V
 from .datatypes import Version
+from .neighbour_map import NeighbourMap, unpack_pairs
 from .scoring import Metric, Score
 
-QueryMaps = dict[tuple[str, str], np.ndarray]
-"""``(query version a, gallery version u) -> (d_u, d_a) float32 W``."""
+QueryMap = np.ndarray | NeighbourMap
+"""A linear ``(d_u, d_a)`` float32 ``W``, or the neighbour map of the retained pairs (core/neighbour_map.py)."""
+
+QueryMaps = dict[tuple[str, str], QueryMap]
+"""``(query version a, gallery version u) -> map``."""
+
+NEIGHBOUR_K = (1, 3, 5, 10)
+"""Candidate numbers of retained pairs a neighbour map averages (chosen on held-out pairs)."""
+
+NEIGHBOUR_HOLD = 2000
+"""At most this many retained pairs are held out for the neighbour map's gate."""
 
 RIDGE_GRID = tuple(10.0 ** e for e in range(-5, 3))
 """Candidate ridge strengths, relative to the mean eigenvalue of the old vectors' Gram matrix per pair."""
@@ -71,26 +85,56 @@ def unpack_map(entry: Any) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype="<f4").reshape(shape).astype(np.float32)
 
 
-def query_map_table(versions: Mapping[str, Version]) -> QueryMaps:
-    """Every query map stored with the versions: ``(ancestor, version) -> W``.
+_NEIGHBOUR_CACHE: dict[tuple[str, str], tuple[bytes, int, NeighbourMap]] = {}
+"""The unpacked neighbour map of each stored entry, keyed by the entry's bytes object (held here,
+so identity is reliable): searches do not unpack the retained pairs again until they change."""
 
-    An entry whose shape does not fit the two versions, or that is not a proper ancestor's, is
-    left out (it cannot be served).
+
+def neighbour_map(versions: Mapping[str, Version], a: str, u: str) -> NeighbourMap | None:
+    """The neighbour map served for ``(a, u)``: retained pairs stored with ``u`` whose gate chose a ``k``."""
+    v = versions.get(u)
+    entry = ((v.serving or {}).get("pairs") or {}).get(a) if v is not None else None
+    if not isinstance(entry, Mapping) or not entry.get("k") or a not in versions:
+        return None
+    cached = _NEIGHBOUR_CACHE.get((a, u))
+    if cached is not None and cached[0] is entry.get("old") and cached[1] == int(entry["k"]):
+        return cached[2]
+    try:
+        _, X, Y = unpack_pairs(entry)
+    except (TypeError, ValueError):
+        return None
+    if len(X) == 0 or X.shape[1] != versions[a].dim or Y.shape[1] != versions[u].dim:
+        return None
+    m = NeighbourMap(X, Y, int(entry["k"]))
+    _NEIGHBOUR_CACHE[(a, u)] = (entry["old"], int(entry["k"]), m)
+    return m
+
+
+def query_map_table(versions: Mapping[str, Version], *, neighbours: bool = True) -> QueryMaps:
+    """Every query map stored with the versions: ``(ancestor, version) -> map``.
+
+    A neighbour map (retained pairs whose gate passed) is served in place of a linear map of the
+    same pair; ``neighbours=False`` gives the linear maps only. An entry whose shape does not fit
+    the two versions, or that is not a proper ancestor's, is left out (it cannot be served).
     """
     out: QueryMaps = {}
     for v in versions.values():
-        maps = (v.serving or {}).get("query_maps") or {}
-        if not isinstance(maps, Mapping):
-            continue
-        for a, entry in maps.items():
+        serving = v.serving or {}
+        maps = serving.get("query_maps") or {}
+        pairs = serving.get("pairs") or {}
+        for a in {*(maps if isinstance(maps, Mapping) else {}), *(pairs if isinstance(pairs, Mapping) else {})}:
             a = str(a)
-            if a not in versions or a == v.name:
+            if a not in versions or a == v.name or a not in V.lineage(versions, v.name):
+                continue
+            nm = neighbour_map(versions, a, v.name) if neighbours else None
+            if nm is not None:
+                out[(a, v.name)] = nm
                 continue
             try:
-                W = unpack_map(entry)
+                W = unpack_map(maps[a]) if isinstance(maps, Mapping) and a in maps else None
             except (TypeError, ValueError):
                 continue
-            if W.shape == (v.dim, versions[a].dim) and a in V.lineage(versions, v.name):
+            if W is not None and W.shape == (v.dim, versions[a].dim):
                 out[(a, v.name)] = W
     return out
 
@@ -123,8 +167,10 @@ def check_query_map(versions: Mapping[str, Version], a: str, u: str, W: Any, *, 
 
 
 # -- applying a map ----------------------------------------------------------------------------
-def apply_map(q: np.ndarray, W: np.ndarray, metric: Metric) -> np.ndarray:
-    """``(nq, d_u)`` float32 mapped queries: ``W q`` rescaled to the query's norm (unit for cosine)."""
+def apply_map(q: np.ndarray, W: QueryMap, metric: Metric) -> np.ndarray:
+    """``(nq, d_u)`` float32 mapped queries: ``W q`` (or the neighbour map's) rescaled to the query's norm (unit for cosine)."""
+    if isinstance(W, NeighbourMap):
+        return W.apply(q, metric)
     q64 = np.asarray(q, dtype=np.float64)
     m = q64 @ np.asarray(W, dtype=np.float64).T
     mn = np.linalg.norm(m, axis=1)
@@ -175,7 +221,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def fit_query_map(versions: Mapping[str, Version], a: str, u: str, Qa: Any, Qu: Any, *,
                   seed: int = 0, grid: tuple[float, ...] = RIDGE_GRID,
-                  stored: np.ndarray | None = None) -> dict[str, Any]:
+                  stored: QueryMap | None = None) -> dict[str, Any]:
     """Fit the map from ancestor ``a``'s query space into ``u``'s, and gate it on held-out pairs.
 
     Parameters
@@ -304,4 +350,75 @@ def fit_summary(fit: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("mapped", "projection"):
         for m, val in (fit.get(key) or {}).items():
             out[f"{key}_{m}"] = val
+    return out
+
+
+def fit_neighbour_map(versions: Mapping[str, Version], a: str, u: str, X: np.ndarray, Y: np.ndarray, *,
+                      baseline: QueryMap | None, seed: int = 0) -> dict[str, Any]:
+    """Choose ``k`` for the neighbour map of the retained pairs ``(X, Y)`` and gate it against ``baseline``.
+
+    Parameters
+    ----------
+    X, Y:
+        ``(n, d_a)`` and ``(n, d_u)`` retained vectors of the same items (core/neighbour_map.py).
+    baseline:
+        What the old client is served without the neighbour map: the stored linear map, or None
+        for the algebra's projection.
+    seed:
+        The held-out split.
+
+    Returns
+    -------
+    dict
+        ``{"k": int or None, "stored": bool, "reason", "pairs", "held_out", "neighbours": {"MRR",
+        "R@1"}, "baseline": {...}, "baseline_kind", "MRR_gain_z"}``. At most :data:`NEIGHBOUR_HOLD`
+        pairs (a fifth of them, fewer when there are fewer) are held out, and the others are the
+        map's pairs. The held-out pairs are split in two: ``k`` (:data:`NEIGHBOUR_K`) is chosen by
+        MRR on the first half, and the gate is the linear map's (:func:`fit_query_map`) on the
+        second: each held-out old vector, mapped, must rank its own item's new vector first among
+        the held-out new vectors, with MRR above the baseline's, recall@1 not below it and the paired
+        gain :data:`GATE_Z` standard errors above zero.
+    """
+    n = len(X)
+    out: dict[str, Any] = {"k": None, "stored": False, "pairs": int(n), "held_out": 0, "neighbours": None,
+                           "baseline": None, "baseline_kind": "projection" if baseline is None else "query map",
+                           "MRR_gain_z": None}
+    need = max(MIN_PAIRS_PER_DIM * versions[a].dim, 20)
+    if n < need:
+        out["reason"] = f"too few retained pairs: {n} < {need}; the neighbour map is not served"
+        return out
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_hold = min(NEIGHBOUR_HOLD, max(4, int(round(HOLDOUT * n))))
+    hold, rest = perm[:n_hold], np.sort(perm[n_hold:])
+    pick, judge = np.sort(hold[: n_hold // 2]), np.sort(hold[n_hold // 2:])
+    metric = versions[u].metric
+
+    def rr(M: QueryMap | None, rows: np.ndarray) -> np.ndarray:
+        Gh = _unit(Y[rows].astype(np.float64)) if metric is Metric.COSINE else Y[rows].astype(np.float64)
+        if M is None:
+            Q = project_or_map(versions, X[rows], a, u, None).astype(np.float64)
+        else:
+            Q = apply_map(X[rows], M, metric).astype(np.float64)
+        return _reciprocal_ranks(Q, Gh)
+
+    ks = [k for k in NEIGHBOUR_K if k <= len(rest)]
+    by_k = {k: float(rr(NeighbourMap(X[rest], Y[rest], k), pick).mean()) for k in ks}
+    k = max(ks, key=lambda j: (by_k[j], -j))
+    rr_n, rr_b = rr(NeighbourMap(X[rest], Y[rest], k), judge), rr(baseline, judge)
+    diff = rr_n - rr_b
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    out.update({"held_out": int(n_hold), "k_mrr": {str(j): m for j, m in by_k.items()},
+                "neighbours": {"MRR": float(rr_n.mean()), "R@1": float(np.mean(rr_n == 1.0))},
+                "baseline": {"MRR": float(rr_b.mean()), "R@1": float(np.mean(rr_b == 1.0))},
+                "MRR_gain_z": float(diff.mean() / se) if se > 0 else (float("inf") if diff.mean() > 0 else 0.0)})
+    nb, bb = out["neighbours"], out["baseline"]
+    if not (nb["MRR"] > bb["MRR"] and nb["R@1"] >= bb["R@1"] and diff.mean() > GATE_Z * se):
+        out["reason"] = (f"gate failed: on {len(judge)} held-out pairs the neighbour map (k={k}) scores MRR "
+                         f"{nb['MRR']:.4f}, R@1 {nb['R@1']:.4f} against the {out['baseline_kind']}'s MRR "
+                         f"{bb['MRR']:.4f}, R@1 {bb['R@1']:.4f}; it is not served")
+        return out
+    out.update({"k": int(k), "stored": True,
+                "reason": f"served: on {len(judge)} held-out pairs the neighbour map (k={k}) scores MRR "
+                          f"{nb['MRR']:.4f} against the {out['baseline_kind']}'s {bb['MRR']:.4f}"})
     return out

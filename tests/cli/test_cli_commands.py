@@ -244,3 +244,23 @@ def test_init_with_hnsw_shards(tmp_path, cli, vecs):
     rows = [json.loads(line) for line in cli("search", path, vecs, "-k", 1, "--json", "--quiet").stdout.splitlines()]
     assert [r["ids"][0] for r in rows] == list(range(20))
     assert "hnsw" in cli("info", path).stdout
+
+
+def test_backfill_keep_pairs_retains_a_sample(full, cli, tmp_path, rng):
+    add_v2(full, dim=12)
+    new = rng.standard_normal((20, 12)).astype(np.float32)
+    np.save(tmp_path / "v2.npy", new)
+    np.save(tmp_path / "ids.npy", np.arange(20))
+    res = cli("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.npy", "--version", "v2", "--no-raw",
+              "--drop-old", "--keep-pairs", 6, "--json", "--quiet")
+    out = json.loads(res.stdout)
+    assert out["retained_pairs"]["v1"]["pairs"] == 6 and out["retained_pairs"]["v1"]["seen"] == 20
+    with compatindex.open(str(full), readonly=True, create=False) as ix:
+        kept = list(ix.version("v2").serving["pairs"]["v1"]["ids"])
+        assert len(set(ix.fetch("v1").ids)) == 6 and set(ix.fetch("v1").ids) == set(kept)
+    shown = json.loads(cli("versions", full, "--json").stdout)["versions"][1]["serving"]["pairs"]["v1"]
+    assert shown["pairs"] == 6 and "old" not in shown  # figures, not the vectors
+    assert "retained pairs v1 (6, k=" in cli("versions", full).stdout
+    bad = cli("backfill", full, tmp_path / "v2.npy", "--ids", tmp_path / "ids.npy", "--version", "v2", "--no-raw",
+              "--drop-old", "--keep-pairs", -1, code=None)
+    assert bad.exit_code == 2 and "--keep-pairs" in bad.output
