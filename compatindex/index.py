@@ -20,7 +20,7 @@ from .core.datatypes import AddResult, IndexStats, Item, ItemBatch, ItemPage, Se
 from .core.filters import Filter, check_payload, check_schema_name, parse_filter
 from .core.heads import validate_head
 from .core.calibration import fit_calibration, fit_fusion, fit_mapped_calibration, relevance
-from .core.fusion import as_weights, calibration_table, compose, stored_fusion
+from .core.fusion import as_weights, calibration_table, compose_terms, stored_fusion
 from .core.reference import choose_calibration, reference_fits
 from .core.neighbour_map import NeighbourMap
 from .core.query_maps import check_query_map, fit_query_map, fit_summary, pack_map, query_map_table
@@ -422,13 +422,14 @@ class Index:
         self.backend.refresh()
         parts = self._query_parts(queries, version, raw, call="composed_queries")
         weights = self._weights(parts, fusion)
-        return {name: (q, off) for name, q, _, off in self._compose(parts, weights, sc)}
+        return {name: (q if scale == 1.0 else q * np.float32(scale), off)
+                for name, q, _, off, scale in self._compose(parts, weights, sc)}
 
     def _compose(self, parts: list[tuple[Version, np.ndarray]], weights: list[float],
-                 sc: Score) -> list[tuple[str, np.ndarray, tuple[str, ...], float]]:
-        """The per-version searches of a query (``core.fusion.compose`` with the stored calibration and query maps)."""
+                 sc: Score) -> list[tuple[str, np.ndarray, tuple[str, ...], float, float]]:
+        """The per-version searches of a query (``core.fusion.compose_terms`` with the stored calibration and query maps)."""
         vs = self._versions
-        return compose(vs, parts, weights, sc, calibration_table(vs), query_map_table(vs))
+        return compose_terms(vs, parts, weights, sc, calibration_table(vs), query_map_table(vs))
 
     def _query_parts(self, queries: Any, version: str | None, raw: bool | None,
                      *, call: str) -> list[tuple[Version, np.ndarray]]:
@@ -466,9 +467,11 @@ class Index:
                      sc: Score, where: Filter | None = None) -> SearchResult | None:
         # a retired version holds no vectors: nothing to search there, nothing it shadows
         composed = [c for c in self._compose(parts, weights, sc) if not self._versions[c[0]].retired]
-        steps = [ShardQuery(name, q, shadow) for name, q, shadow, _ in composed]
+        steps = [ShardQuery(name, q, shadow) for name, q, shadow, _, _ in composed]
         hits = self.backend.search(steps, k, where=where) if where is not None else self.backend.search(steps, k)
-        shard_scores = [D if off == 0.0 else D + np.float32(off) for D, (_, _, _, off) in zip(hits.scores, composed)]
+        # scale then offset, in float32: a positive scale keeps each shard's order (core.fusion.compose_terms)
+        shard_scores = [(D if scale == 1.0 else D * np.float32(scale)) + np.float32(off)
+                        for D, (_, _, _, off, scale) in zip(hits.scores, composed)]
         scores, keys, shard = merge_topk(shard_scores, hits.keys, k)
         uniq = np.unique(keys[keys >= 0])
         ext = hits.resolve(uniq)

@@ -283,3 +283,27 @@ def test_fusion_fit_keeps_old_only_weights_when_a_gain_is_not_established(seed):
     res = fit_fusion(vs, "v2", "v1", Z, G, labels=y.tolist(), score=Score.PAD)
     assert res["fusion"] == {"v2": 0.0, "v1": 1.0}
     assert all(b <= 0 for w, b in res["grid_lower_bound"].items() if w != "0.0")
+
+
+def test_a_single_weighted_version_ranks_exactly_as_its_query_alone(tmp_path):
+    """Old-only weights: the fused query ranks the old shard exactly as the old query alone does,
+    near-ties included (the calibration's scale is applied to the scores, not folded into the
+    float32 query, which swapped near-tied hits), and its scores are the calibrated old scores."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((40, 4))
+    G = base[rng.integers(0, 40, 1500)] + 1e-6 * rng.standard_normal((1500, 4))  # many near-ties
+    q1 = base[rng.integers(0, 40, 400)] + 0.3 * rng.standard_normal((400, 4))
+    q2 = rng.standard_normal((400, 6)).astype(np.float32)
+    pytest.importorskip("qdrant_client")
+    for ix in (compatindex.open(tmp_path / "e"), compatindex.Index(DictBackend()),
+               compatindex.open("qdrant+local://:memory:")):
+        with ix:
+            ix.create_version("v1", dim=4)
+            ix.register_version("v2", "v1", 6)
+            ix.add(list(range(1500)), G.astype(np.float32), version="v1")
+            ix.set_serving("v2", calibration=[("v1", "v1", 7.3, -1.1), ("v2", "v1", 3.1, 0.2)])
+            alone = ix.search(q1.astype(np.float32), k=10, version="v1")
+            fused = ix.search({"v2": q2, "v1": q1.astype(np.float32)}, k=10, score="calibrated",
+                              fusion={"v2": 0.0, "v1": 1.0}, raw=False)
+            np.testing.assert_array_equal(np.asarray(fused.ids), np.asarray(alone.ids))
+            np.testing.assert_array_equal(fused.scores, alone.scores * np.float32(7.3) + np.float32(-1.1))

@@ -82,6 +82,15 @@ def as_weights(fusion: Any, names: Sequence[str], *, param: str = "fusion") -> l
 def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.ndarray]], weights: Sequence[float],
             score: Score, calibration: Calibration,
             query_maps: QueryMaps | None = None) -> list[tuple[str, np.ndarray, tuple[str, ...], float]]:
+    """The per-version searches of a query as one composed vector each: :func:`compose_terms` with
+    the scale folded into the query (``(version, (nq, d) query, shadowing, offset)``)."""
+    return [(name, q if scale == 1.0 else np.ascontiguousarray(q * np.float32(scale)), shadow, off)
+            for name, q, shadow, off, scale in compose_terms(versions, parts, weights, score, calibration, query_maps)]
+
+
+def compose_terms(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.ndarray]],
+                  weights: Sequence[float], score: Score, calibration: Calibration,
+                  query_maps: QueryMaps | None = None) -> list[tuple[str, np.ndarray, tuple[str, ...], float, float]]:
     """The per-version searches of a (possibly multi-version) query, in the primary's preference order.
 
     Parameters
@@ -104,7 +113,12 @@ def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.n
 
     Returns
     -------
-    list of (version, (nq, d_version) composed queries, shadowing versions, score offset)
+    list of (version, (nq, d_version) queries, shadowing versions, score offset, score scale)
+        The served score of a stored vector ``g`` is ``scale * <query, g> + offset``. Where a single
+        query version reaches the shard, ``query`` is its term unscaled and ``scale`` its weight
+        times its calibration slope: the shard then ranks exactly as that query alone does (a
+        positive scale applied to the scores keeps their order, where scaling the query in float32
+        can swap near-ties). Otherwise ``query`` is the weighted sum and ``scale`` is 1.
     """
     primary = parts[0][0]
     pref = V.preference(versions, primary.name)
@@ -112,7 +126,7 @@ def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.n
     out = []
     for n, name in enumerate(pref):
         u = versions[name]
-        acc: np.ndarray | None = None
+        terms: list[tuple[np.ndarray, float]] = []
         offset = 0.0
         for (qv, q), w in zip(parts, weights):
             if w == 0.0:
@@ -124,10 +138,14 @@ def compose(versions: Mapping[str, Version], parts: Sequence[tuple[Version, np.n
                 qu = apply_map(q, W, u.metric)
             else:
                 qu = q if (cut == qv.dim == u.dim) else V.project_query(q, cut=cut, target_dim=u.dim, score=project)
-            scale = w * a
-            term = qu if scale == 1.0 else qu * np.float32(scale)
-            acc = term if acc is None else acc + term
+            terms.append((qu, w * a))
             offset += w * b
-        assert acc is not None  # as_weights / the defaults give some part a weight > 0
-        out.append((name, np.ascontiguousarray(acc, dtype=np.float32), tuple(pref[:n]), offset))
+        assert terms  # as_weights / the defaults give some part a weight > 0
+        if len(terms) == 1:
+            q1, scale = terms[0]
+            out.append((name, np.ascontiguousarray(q1, dtype=np.float32), tuple(pref[:n]), offset, float(scale)))
+            continue
+        acc = sum((t if sc == 1.0 else t * np.float32(sc) for t, sc in terms[1:]),
+                  start=terms[0][0] if terms[0][1] == 1.0 else terms[0][0] * np.float32(terms[0][1]))
+        out.append((name, np.ascontiguousarray(acc, dtype=np.float32), tuple(pref[:n]), offset, 1.0))
     return out
