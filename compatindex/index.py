@@ -301,12 +301,17 @@ class Index:
         if not dropped:
             seq = self.backend.backfill(v, ids_l, kind, x, drop_old=bool(drop_old))
             return AddResult(len(ids_l), v.name, seq)
+        return AddResult(len(ids_l), v.name, self._backfill_keeping_pairs(v, ids_l, kind, x, dropped, int(keep_pairs)))
+
+    def _backfill_keeping_pairs(self, v: Version, ids_l: list[Any], kind: str, x: np.ndarray,
+                                dropped: dict[str, tuple[np.ndarray, np.ndarray]], keep_pairs: int) -> int:
+        """A ``drop_old`` backfill that keeps a sample of the dropped pairs (core/retention.py); the last seq."""
         serving: dict[str, Any] = dict(self._versions[v.name].serving or {})
         before = {a: set(((serving.get("pairs") or {}).get(a) or {}).get("ids") or []) for a in dropped}
         for a, (Xa, held) in dropped.items():
             pick = np.flatnonzero(held)
             serving, _ = retain(self._versions, v.name, a, serving, [ids_l[i] for i in pick.tolist()],
-                                Xa[held], x[pick], capacity=int(keep_pairs))
+                                Xa[held], x[pick], capacity=keep_pairs)
         now = {a: set(serving["pairs"][a]["ids"]) for a in dropped}
         kept = set().union(*now.values())
         # the retained items keep their old vectors (an old client scores them exactly); the others
@@ -325,7 +330,7 @@ class Index:
             ev = [e for e, h in zip(evicted, held) if h]
             if ev:
                 self.backend.backfill(v, ev, kind, np.asarray(xe, dtype=np.float32)[held], drop_old=True)
-        return AddResult(len(ids_l), v.name, seq)
+        return seq
 
     def _dropped_pairs(self, v: Version, ids_l: list[Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{ancestor: ((n, d_a) vectors, (n,) held)}`` of the ids, for the ancestors that hold any."""
