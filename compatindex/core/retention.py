@@ -78,15 +78,15 @@ def retain(versions: Mapping[str, Version], u: str, a: str, serving: Mapping[str
 def neighbour_row(base: tuple[float, float]) -> dict[str, Any]:
     """The ``(a, u)`` calibration row served with a neighbour map: the ``(a, a)`` row ``base`` itself.
 
-    The neighbour map serves only the items that lost their ``a`` vector (the retained ones are
-    scored by it), and its output is a unit vector of ``u``'s space (``ip``: at the query's norm)
-    that stands in for the query there: its score against an item's ``u`` vector is read on the
-    scale of the query's score against an item's ``a`` vector. Fitting an offset or a slope on
-    held-out retained pairs instead (each held-out item as a query against the others, by the
-    mean or the per-query best scores) put fewer labels first on Fashion-MNIST at every backfill
-    point measured (about 0.3 to 0.7 points of top-1 at p = 0.7 to 1): the held-out items are
-    gallery items, whose scores against each other run higher than a real query's, and the fit
-    carries that bias into the merge.
+    The neighbour map serves only the items that lost their ``a`` vector (the retained items are
+    scored by their ``a`` vector), and its output is a unit vector of ``u``'s space (``ip``: at the
+    query's norm) that stands in for the query there: its score against an item's ``u`` vector is
+    read on the scale of the query's score against an item's ``a`` vector. Fitting an offset or a
+    slope on held-out retained pairs instead (each held-out item as a query against the others,
+    by all their scores or by the per-query best ones) put fewer labels first at most backfill
+    points in a study on the Fashion-MNIST models of bench/serving.py, and never by a clear margin
+    more: the held-out items are gallery items, whose scores against each other run higher than a
+    real query's, and the fit carries that bias into the merge.
     """
     a0, b0 = base
     return {"a": float(a0), "b": float(b0), "method": "neighbour-map (the old version's row)"}
