@@ -145,7 +145,9 @@ def compose_terms(versions: Mapping[str, Version], parts: Sequence[tuple[Version
             q1, scale = terms[0]
             out.append((name, np.ascontiguousarray(q1, dtype=np.float32), tuple(pref[:n]), offset, float(scale)))
             continue
-        acc = sum((t if sc == 1.0 else t * np.float32(sc) for t, sc in terms[1:]),
-                  start=terms[0][0] if terms[0][1] == 1.0 else terms[0][0] * np.float32(terms[0][1]))
+        acc = None
+        for t, sc in terms:
+            term = t if sc == 1.0 else t * np.float32(sc)
+            acc = term if acc is None else acc + term
         out.append((name, np.ascontiguousarray(acc, dtype=np.float32), tuple(pref[:n]), offset, 1.0))
     return out

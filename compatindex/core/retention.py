@@ -20,7 +20,6 @@ REGATE = 1.25
 """The gate is run again once the number of dropped items offered has grown by this factor."""
 
 
-
 def retain(versions: Mapping[str, Version], u: str, a: str, serving: Mapping[str, Any], ids: Sequence[Any],
            X: np.ndarray, Y: np.ndarray, *, capacity: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Offer dropped items' pairs of ``(a, u)`` to the reservoir; ``(new serving of u, gate report or None)``.
@@ -53,11 +52,11 @@ def retain(versions: Mapping[str, Version], u: str, a: str, serving: Mapping[str
     report = None
     seen, gated = int(entry["seen"]), int(entry.get("gated_seen") or 0)
     if gated == 0 or seen >= REGATE * gated:
-        held, Xs, Ys = unpack_pairs(entry)
+        _, Xs, Ys = unpack_pairs(entry)
         linear = query_map_table(versions, neighbours=False).get((a, u))
         report = fit_neighbour_map(versions, a, u, Xs, Ys, baseline=linear)
-        if report["reason"].startswith("too few"):
-            report = None  # not gated yet: the next offer tries again
+        if report["neighbours"] is None:
+            report = None  # too few pairs to gate yet: the next offer tries again
         else:
             entry["k"] = report["k"]
             entry["gated_seen"] = seen
